@@ -1,0 +1,1 @@
+"""gRPC authentication service: sessions, two-step login, session-bound tokens, multi-tenant storage."""

@@ -1,0 +1,216 @@
+"""The guard: one server interceptor that decides, for every call, who is calling and whether they may.
+
+Access rules come from the `(auth.v1.access)` method option in the protos, read once at start-up into
+a table keyed by full method name. Fail closed: building the table fails (and the server refuses to
+start) when a method of a served auth.v1 service declares no rule or an ambiguous one, and at run
+time a method missing from the table is denied for everyone.
+
+Per call the guard parses metadata once (tenant, bearer token, device hints, client IP), authenticates
+protected methods (JWT signature first, so a bad token never costs a store read; then one store read
+for session and user), checks roles, and hands the handler a typed `CallInfo` through a ContextVar.
+It is also the one error boundary: AuthError becomes a status with ErrorInfo, store outages become
+UNAVAILABLE / STORE_UNAVAILABLE, anything else INTERNAL with a generic message and a log line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import FileDescriptor
+
+from auth_client.gen.auth.v1 import access_pb2
+from auth_server import errors
+from auth_server.config import TENANT_PATTERN, Settings
+from auth_server.errors import AuthError, Code, unauthenticated
+from auth_server.rpc_errors import abort
+from auth_server.sessions import Caller, Sessions
+from auth_server.store.base import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+ROLE_NAMES = {access_pb2.ROLE_USER: "user", access_pb2.ROLE_MANAGER: "manager", access_pb2.ROLE_ADMIN: "admin"}
+
+# Infrastructure services that carry no auth.v1 option: health and reflection are public by design.
+INFRASTRUCTURE_PUBLIC = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+MAX_HEADER_CHARS = 8192
+
+
+class AccessRuleError(Exception):
+    """A served method has no access rule, or an ambiguous one: the server must not start."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    public: bool
+    roles: frozenset[str] | None  # None: any authenticated caller
+
+
+def load_rules(files: Iterable[FileDescriptor]) -> dict[str, Rule]:
+    """The access table of every method of every service in `files`, keyed '/pkg.Service/Method'."""
+    table: dict[str, Rule] = {}
+    problems: list[str] = []
+    for file in files:
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                name = f"/{service.full_name}/{method.name}"
+                options = method.GetOptions()
+                if not options.HasExtension(access_pb2.access):
+                    problems.append(f"{name} declares no (auth.v1.access) rule")
+                    continue
+                rule = options.Extensions[access_pb2.access]
+                forms = int(rule.public) + int(rule.authenticated) + int(bool(rule.roles))
+                if forms != 1 or access_pb2.ROLE_UNSPECIFIED in rule.roles:
+                    problems.append(f"{name} must set exactly one of public, authenticated, roles")
+                    continue
+                roles = frozenset(ROLE_NAMES[r] for r in rule.roles) if rule.roles else None
+                table[name] = Rule(public=rule.public, roles=roles)
+    if problems:
+        raise AccessRuleError("; ".join(problems))
+    return table
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the guard learned about the call; handlers read it instead of metadata."""
+
+    tenant: str
+    caller: Caller | None  # set for authenticated methods
+    user_agent: str
+    device_name: str | None  # x-device-name
+    ip_address: str
+
+    def require_caller(self) -> Caller:
+        if self.caller is None:  # only reachable if a public method's handler asks: a programming error
+            raise unauthenticated(*errors.TOKEN_MISSING)
+        return self.caller
+
+
+_current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("auth_call")
+
+
+def current_call() -> CallInfo:
+    return _current.get()
+
+
+def _peer_ip(peer: str) -> str:
+    # grpc peers look like "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000" or "unix:/path".
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
+class Guard(grpc.ServerInterceptor):
+    def __init__(self, rules: dict[str, Rule], sessions: Sessions, settings: Settings) -> None:
+        self._rules = rules
+        self._sessions = sessions
+        self._settings = settings
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED
+        if method.startswith(INFRASTRUCTURE_PUBLIC):
+            return handler
+        rule = self._rules.get(method)
+        if rule is None or handler.unary_unary is None:
+            return grpc.unary_unary_rpc_method_handler(_deny_undeclared)
+        behavior = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                info = self._admit(rule, context)
+                token = _current.set(info)
+                try:
+                    return behavior(request, context)
+                finally:
+                    _current.reset(token)
+            except AuthError as error:
+                abort(context, error)
+            except StoreUnavailable:
+                log.warning("store unavailable during %s", method, exc_info=True)
+                abort(context, errors.store_unavailable())
+            except Exception:
+                log.exception("unexpected error in %s", method)
+                abort(context, AuthError(Code.INTERNAL, "INTERNAL", "Internal error."))
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _admit(self, rule: Rule, context: grpc.ServicerContext) -> CallInfo:
+        headers: dict[str, list[str]] = {}
+        for key, value in context.invocation_metadata():
+            if isinstance(value, str):  # binary (-bin) headers are never ours to read
+                headers.setdefault(key, []).append(value)
+        tenant = self._tenant(headers.get("x-tenant-id"))
+        caller = None if rule.public else self._authenticate(tenant, headers.get("authorization"), rule)
+        return CallInfo(
+            tenant=tenant,
+            caller=caller,
+            # gRPC clients cannot set user-agent per call, so proxies and browsers' bridges send x-user-agent.
+            user_agent=(headers.get("x-user-agent") or headers.get("user-agent") or [""])[0][:MAX_HEADER_CHARS],
+            device_name=(headers.get("x-device-name") or [None])[0],
+            ip_address=self._client_ip(context.peer(), headers.get("x-forwarded-for")),
+        )
+
+    def _tenant(self, values: list[str] | None) -> str:
+        if not values:
+            return self._settings.default_tenant
+        if len(values) > 1 or not TENANT_PATTERN.match(values[0]):
+            raise AuthError(Code.INVALID_ARGUMENT, "TENANT_INVALID",
+                            "x-tenant-id must match ^[a-z0-9][a-z0-9_-]{0,62}$.")
+        if values[0] not in self._settings.tenants:
+            raise AuthError(Code.NOT_FOUND, "TENANT_NOT_FOUND", "Unknown tenant.")
+        return values[0]
+
+    def _authenticate(self, tenant: str, values: list[str] | None, rule: Rule) -> Caller:
+        if not values:
+            raise unauthenticated(*errors.TOKEN_MISSING)
+        scheme, _, token = values[0].strip().partition(" ")
+        if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
+            raise unauthenticated(*errors.TOKEN_INVALID)
+        caller = self._sessions.authenticate(tenant, token.strip())
+        if rule.roles is not None and caller.user.role not in rule.roles:
+            raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
+        return caller
+
+    def _client_ip(self, peer: str, forwarded: list[str] | None) -> str:
+        ip = _peer_ip(peer)
+        if not forwarded or not self._trusted(ip):
+            return ip
+        # Walk x-forwarded-for from the right: the first hop we do not trust is the client.
+        hops = [h.strip() for h in ",".join(forwarded).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop[:64]
+        return hops[0][:64] if hops else ip
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._proxies)
+
+
+def _deny_undeclared(request: Any, context: grpc.ServicerContext) -> Any:
+    abort(context, AuthError(Code.PERMISSION_DENIED, "ACCESS_RULE_MISSING", "This method declares no access rule."))

@@ -1,0 +1,92 @@
+"""Tenant administration: list users, lock and unlock them, change roles.
+
+A tenant is never left without an admin by its own admins: an admin cannot lock themselves, and the
+last admin cannot be demoted (FAILED_PRECONDITION / LAST_ADMIN). Two admins demoting each other at the
+same instant could still race past the count; that needs a store transaction and is out of scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from auth_server.clock import utcnow
+from auth_server.errors import AuthError, Code, FieldViolation, validation_failed
+from auth_server.sessions import Caller
+from auth_server.store.base import Store, User
+
+ROLES = ("user", "manager", "admin")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def _user_not_found() -> AuthError:
+    return AuthError(Code.NOT_FOUND, "USER_NOT_FOUND", "No such user in this tenant.")
+
+
+def _last_admin(message: str) -> AuthError:
+    return AuthError(Code.FAILED_PRECONDITION, "LAST_ADMIN", message)
+
+
+def encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not value or len(value) > 64 or not value.isalnum():
+        raise validation_failed([FieldViolation("page_token", "Not a page token from a previous response.")])
+    return value
+
+
+class Admin:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def list_users(self, caller: Caller, page_size: int, page_token: str) -> tuple[list[User], str]:
+        if page_size < 0:
+            raise validation_failed([FieldViolation("page_size", "Must not be negative.")])
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        users = self._store.list_users(caller.tenant, decode_page_token(page_token), limit + 1)
+        more = len(users) > limit
+        users = users[:limit]
+        return users, encode_page_token(users[-1].id) if more else ""
+
+    def _target(self, caller: Caller, user_id: str) -> User:
+        user = self._store.get_user(caller.tenant, user_id) if user_id and len(user_id) <= 64 else None
+        if user is None:
+            raise _user_not_found()
+        return user
+
+    def lock_user(self, caller: Caller, user_id: str) -> int:
+        user = self._target(caller, user_id)
+        if user.id == caller.user.id:
+            raise _last_admin("Admins cannot lock themselves; ask another admin.")
+        now = utcnow()
+        self._store.update_user(caller.tenant, user.id, set={"admin_locked": True})
+        self._store.consume_challenges(caller.tenant, user.id, now)
+        return self._store.revoke_sessions(caller.tenant, user.id, now, "locked_by_admin")
+
+    def unlock_user(self, caller: Caller, user_id: str) -> None:
+        user = self._target(caller, user_id)
+        self._store.update_user(
+            caller.tenant, user.id,
+            set={"admin_locked": False, "locked_until": None, "failed_logins": 0,
+                 "unlock_token_hash": None, "unlock_token_expires_at": None},
+        )
+
+    def set_role(self, caller: Caller, user_id: str, role: str) -> User:
+        if role not in ROLES:
+            raise validation_failed([FieldViolation("role", "One of ROLE_USER, ROLE_MANAGER, ROLE_ADMIN.")])
+        user = self._target(caller, user_id)
+        if user.role == "admin" and role != "admin" and self._store.count_users(caller.tenant, "admin") <= 1:
+            raise _last_admin("This is the tenant's last admin; promote another admin first.")
+        updated = self._store.update_user(caller.tenant, user.id, set={"role": role})
+        if updated is None:
+            raise _user_not_found()
+        return updated

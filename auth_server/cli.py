@@ -1,0 +1,104 @@
+"""The `auth-server` command: serve (default), bridge, and `user set-role` for bootstrapping an admin.
+
+Configuration errors and an unreachable store end the process with a one-line message and exit code
+2 or 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from auth_server.config import ConfigError, Settings, load_settings
+from auth_server.store.base import StoreUnavailable
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auth-server", description="gRPC authentication service")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the gRPC server (the default command)")
+    serve.add_argument("--grpc-addr", help="listen address (AUTH_GRPC_ADDR)")
+    serve.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    user = sub.add_parser("user", help="operator commands on users")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    set_role = user_sub.add_parser("set-role", help="set a user's role (bootstrap the first admin)")
+    set_role.add_argument("username")
+    set_role.add_argument("role", choices=["user", "manager", "admin"])
+    set_role.add_argument("--tenant", help="tenant id (default: AUTH_DEFAULT_TENANT)")
+    set_role.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def serve(settings: Settings) -> int:
+    from auth_server.server import create_server  # grpc is imported only for commands that need it
+
+    _configure_logging(settings)
+    app = create_server(settings)
+    host = settings.grpc_addr.rpartition(":")[0]
+    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {settings.store_uri})", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    print("auth-server: shutting down (finishing in-flight calls)", flush=True)
+    app.stop(settings.shutdown_grace)
+    print("auth-server: stopped", flush=True)
+    return 0
+
+
+def set_role(settings: Settings, username: str, role: str, tenant: str | None) -> int:
+    from auth_server.store import open_store
+    from auth_server.validation import normalise_username
+
+    tenant = tenant or settings.default_tenant
+    if tenant not in settings.tenants:
+        raise ConfigError(f"--tenant: unknown tenant {tenant!r} (AUTH_TENANTS is {','.join(sorted(settings.tenants))})")
+    store = open_store(settings.store_uri)
+    store.open()
+    try:
+        store.prepare_tenant(tenant)
+        user = store.find_user(tenant, normalise_username(username))
+        if user is None:
+            print(f"auth-server: no user {username!r} in tenant {tenant!r}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        store.update_user(tenant, user.id, set={"role": role})
+    finally:
+        store.close()
+    print(f"auth-server: {user.username} is now {role} in tenant {tenant}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "user":
+            settings = load_settings(store=args.store)
+            return set_role(settings, args.username, args.role, args.tenant)
+        settings = load_settings(grpc_addr=getattr(args, "grpc_addr", None), store=getattr(args, "store", None))
+        return serve(settings)
+    except ConfigError as error:
+        print(f"auth-server: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreUnavailable as error:
+        print(f"auth-server: store unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OSError as error:
+        print(f"auth-server: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

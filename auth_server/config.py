@@ -1,0 +1,203 @@
+"""Settings: one frozen, typed object loaded once from the environment (and CLI flags) and passed down.
+
+Every key is documented beside its environment variable. `load_settings` validates everything up
+front and raises ConfigError with a one-line message naming the variable, so a bad deployment fails
+at start-up, never on the first call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MIN_SECRET_BYTES = 32
+DEFAULT_STORE = "sqlite:///var/auth.db"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc_addr: str = "127.0.0.1:50051"  # AUTH_GRPC_ADDR
+    http_addr: str = "127.0.0.1:8080"  # AUTH_HTTP_ADDR
+    store_uri: str = DEFAULT_STORE  # AUTH_STORE: sqlite:///path or mongodb://...
+    jwt_secret: bytes = b""  # AUTH_JWT_SECRET (>= 32 bytes); SQLite dev default: generated file
+    smtp_url: str | None = None  # AUTH_SMTP_URL: smtp://, smtp+starttls://, smtps://; unset: console
+    mail_from: str = "auth@localhost"  # AUTH_MAIL_FROM
+    public_url: str = "http://127.0.0.1:8080"  # AUTH_PUBLIC_URL: base of links in e-mails
+    default_tenant: str = "default"  # AUTH_DEFAULT_TENANT
+    tenants: frozenset[str] = frozenset({"default"})  # AUTH_TENANTS
+    bcrypt_rounds: int = 12  # AUTH_BCRYPT_ROUNDS
+    access_ttl: int = 900  # AUTH_ACCESS_TTL seconds
+    refresh_ttl: int = 7 * 86400  # AUTH_REFRESH_TTL seconds
+    otp_ttl: int = 300  # AUTH_OTP_TTL seconds
+    otp_max_attempts: int = 5  # AUTH_OTP_MAX_ATTEMPTS per challenge
+    otp_resend_interval: int = 30  # AUTH_OTP_RESEND_INTERVAL seconds; 0 disables
+    lockout_threshold: int = 5  # AUTH_LOCKOUT_THRESHOLD consecutive failed logins
+    lockout_duration: int = 900  # AUTH_LOCKOUT_DURATION seconds of the first lockout; doubles each time
+    unlock_ttl: int = 86400  # AUTH_UNLOCK_TTL seconds an e-mailed unlock token lives
+    refresh_grace: int = 0  # AUTH_REFRESH_GRACE seconds; 0: strict rotation
+    activity_interval: int = 60  # AUTH_ACTIVITY_INTERVAL: least seconds between last-activity writes
+    trusted_proxies: tuple[str, ...] = ()  # AUTH_TRUSTED_PROXIES: IPs/CIDRs allowed to set x-forwarded-for
+    grpc_threads: int = 32  # AUTH_GRPC_THREADS: worker threads of the gRPC server
+    hash_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)  # AUTH_HASH_CONCURRENCY
+    max_message_bytes: int = 64 * 1024  # AUTH_MAX_MESSAGE_BYTES: largest request accepted
+    shutdown_grace: float = 10.0  # AUTH_SHUTDOWN_GRACE seconds for in-flight calls on SIGTERM
+    log_level: str = "INFO"  # AUTH_LOG_LEVEL
+    dev_secret_file: str | None = None  # where a generated dev secret lives (None: given by env)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_addr(name: str, value: str) -> str:
+    """Accept host:port, [v6]:port; reject anything else with a clear message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") != host.endswith("]"):
+        raise ConfigError(f"{name}: malformed IPv6 address in {value!r}")
+    return value
+
+
+def check_store_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "sqlite":
+        if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
+            raise ConfigError(f"AUTH_STORE: expected sqlite:///relative/path or sqlite:////absolute/path, got {value!r}")
+    elif parts.scheme in ("mongodb", "mongodb+srv"):
+        if not parts.netloc:
+            raise ConfigError(f"AUTH_STORE: MongoDB URI has no host: {value!r}")
+    else:
+        raise ConfigError(f"AUTH_STORE: unknown scheme {parts.scheme!r} (use sqlite:/// or mongodb://)")
+    return value
+
+
+def sqlite_path(store_uri: str) -> Path | None:
+    return Path(store_uri[len("sqlite:///"):]) if store_uri.startswith("sqlite:///") else None
+
+
+def check_smtp_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("smtp", "smtp+starttls", "smtps"):
+        raise ConfigError(f"AUTH_SMTP_URL: unknown scheme {parts.scheme!r} (use smtp, smtp+starttls or smtps)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"AUTH_SMTP_URL: bad port in {value!r}") from None
+    if not parts.hostname or (port is not None and port <= 0):
+        raise ConfigError(f"AUTH_SMTP_URL: expected smtp://host:port, got {value!r}")
+    return value
+
+
+def check_tenant(name: str, value: str) -> str:
+    if not TENANT_PATTERN.match(value):
+        raise ConfigError(f"{name}: tenant id {value!r} does not match {TENANT_PATTERN.pattern}")
+    return value
+
+
+def _jwt_secret(env: Mapping[str, str], store_uri: str) -> tuple[bytes, str | None]:
+    raw = env.get("AUTH_JWT_SECRET", "")
+    if raw:
+        secret = raw.encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(f"AUTH_JWT_SECRET: must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}")
+        return secret, None
+    db = sqlite_path(store_uri)
+    if db is None:
+        raise ConfigError("AUTH_JWT_SECRET: required with a MongoDB store (only the SQLite dev default generates one)")
+    # Dev mode: keep a generated secret beside the SQLite file so tokens survive restarts.
+    secret_file = db.with_name(db.name + ".jwt-secret")
+    return b"", str(secret_file)
+
+
+def load_dev_secret(path: str) -> bytes:
+    """Read (or create, mode 0600) the generated development secret."""
+    file = Path(path)
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+    secret = file.read_text().strip().encode()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{path}: generated secret is shorter than {MIN_SECRET_BYTES} bytes; delete it")
+    return secret
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from the environment; `overrides` (from CLI flags) win over it."""
+    env = dict(os.environ if env is None else env)
+    for key, value in overrides.items():
+        if value is not None:
+            env["AUTH_" + key.upper()] = str(value)
+
+    store_uri = check_store_uri(env.get("AUTH_STORE") or DEFAULT_STORE)
+    default_tenant = check_tenant("AUTH_DEFAULT_TENANT", env.get("AUTH_DEFAULT_TENANT") or "default")
+    tenant_list = [t.strip() for t in (env.get("AUTH_TENANTS") or default_tenant).split(",") if t.strip()]
+    tenants = frozenset(check_tenant("AUTH_TENANTS", t) for t in tenant_list)
+    if default_tenant not in tenants:
+        raise ConfigError(f"AUTH_TENANTS: must include the default tenant {default_tenant!r}")
+    proxies = tuple(p.strip() for p in (env.get("AUTH_TRUSTED_PROXIES") or "").split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"AUTH_TRUSTED_PROXIES: {proxy!r} is not an IP address or CIDR") from None
+    smtp_url = env.get("AUTH_SMTP_URL") or None
+    level = (env.get("AUTH_LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"AUTH_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    try:
+        grace = float(env.get("AUTH_SHUTDOWN_GRACE") or 10)
+    except ValueError:
+        raise ConfigError("AUTH_SHUTDOWN_GRACE: expected a number of seconds") from None
+    secret, secret_file = _jwt_secret(env, store_uri)
+    return Settings(
+        grpc_addr=check_addr("AUTH_GRPC_ADDR", env.get("AUTH_GRPC_ADDR") or "127.0.0.1:50051"),
+        http_addr=check_addr("AUTH_HTTP_ADDR", env.get("AUTH_HTTP_ADDR") or "127.0.0.1:8080"),
+        store_uri=store_uri,
+        jwt_secret=secret,
+        dev_secret_file=secret_file,
+        smtp_url=check_smtp_url(smtp_url) if smtp_url else None,
+        mail_from=env.get("AUTH_MAIL_FROM") or "auth@localhost",
+        public_url=(env.get("AUTH_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/"),
+        default_tenant=default_tenant,
+        tenants=tenants,
+        bcrypt_rounds=_int(env, "AUTH_BCRYPT_ROUNDS", 12, 4, 31),
+        access_ttl=_int(env, "AUTH_ACCESS_TTL", 900, 10, 86400),
+        refresh_ttl=_int(env, "AUTH_REFRESH_TTL", 7 * 86400, 60, 365 * 86400),
+        otp_ttl=_int(env, "AUTH_OTP_TTL", 300, 10, 3600),
+        otp_max_attempts=_int(env, "AUTH_OTP_MAX_ATTEMPTS", 5, 1, 100),
+        otp_resend_interval=_int(env, "AUTH_OTP_RESEND_INTERVAL", 30, 0, 3600),
+        lockout_threshold=_int(env, "AUTH_LOCKOUT_THRESHOLD", 5, 1, 1000),
+        lockout_duration=_int(env, "AUTH_LOCKOUT_DURATION", 900, 1, 86400),
+        unlock_ttl=_int(env, "AUTH_UNLOCK_TTL", 86400, 60, 30 * 86400),
+        refresh_grace=_int(env, "AUTH_REFRESH_GRACE", 0, 0, 3600),
+        activity_interval=_int(env, "AUTH_ACTIVITY_INTERVAL", 60, 0, 86400),
+        trusted_proxies=proxies,
+        grpc_threads=_int(env, "AUTH_GRPC_THREADS", 32, 2, 1024),
+        hash_concurrency=_int(env, "AUTH_HASH_CONCURRENCY", os.cpu_count() or 2, 1, 256),
+        max_message_bytes=_int(env, "AUTH_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+        shutdown_grace=grace,
+        log_level=level,
+    )

@@ -1,0 +1,148 @@
+"""Builds the gRPC server: the guard, both auth.v1 servicers, health and reflection.
+
+The server model is grpcio's sync server on a thread pool (chosen by measurement: docs/performance.md).
+Blocking work (bcrypt, SMTP, store I/O) runs on the handler's pool thread, never on an event loop;
+bcrypt is bounded (passwords.py) so a login storm leaves threads for cheap calls.
+`create_server` is separate from `serve` so tests build the very same server on port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_server.access import Guard, load_rules
+from auth_server.accounts import Accounts
+from auth_server.admin import Admin
+from auth_server.config import Settings, load_dev_secret
+from auth_server.keys import KeyRing
+from auth_server.mail import ConsoleMailer, Mailer, SmtpMailer
+from auth_server.passwords import PasswordHasher
+from auth_server.servicers.admin import AdminServicer
+from auth_server.servicers.auth import AuthServicer
+from auth_server.sessions import Sessions
+from auth_server.store import open_store
+from auth_server.store.base import Store, StoreUnavailable
+from auth_server.tokens import AccessTokens, RefreshTokens
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+MAX_METADATA_BYTES = 16 * 1024
+HEALTH_INTERVAL_SECONDS = 2.0
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 in step with the store: SERVING only while the store answers a ping."""
+
+    def __init__(self, store: Store, servicer: health.HealthServicer, interval: float) -> None:
+        self._store = store
+        self._servicer = servicer
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-monitor", daemon=True)
+        self._serving: bool | None = None
+
+    def check_now(self) -> bool:
+        try:
+            self._store.ping()
+            serving = True
+        except StoreUnavailable:
+            serving = False
+        if serving != self._serving:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                self._servicer.set(name, status)
+            (log.info if serving else log.error)("store %s", "reachable: SERVING" if serving else "unreachable: NOT_SERVING")
+            self._serving = serving
+        return serving
+
+    def start(self) -> None:
+        self.check_now()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.check_now()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class App:
+    """A built server and what must be shut down with it."""
+
+    server: grpc.Server
+    port: int
+    store: Store
+    health: health.HealthServicer
+    monitor: HealthMonitor
+
+    def stop(self, grace: float) -> None:
+        self.monitor.stop()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.store.close()
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    return SmtpMailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else ConsoleMailer()
+
+
+def create_server(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    mailer: Mailer | None = None,
+    health_interval: float = HEALTH_INTERVAL_SECONDS,
+) -> App:
+    """Open the store (StoreUnavailable if it cannot be reached), build and start the server."""
+    secret = settings.jwt_secret or load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")
+    keys = KeyRing.from_secret(secret)
+    store = store or open_store(settings.store_uri)
+    store.open()
+    for tenant in sorted(settings.tenants):
+        store.prepare_tenant(tenant)
+
+    hasher = PasswordHasher(
+        settings.bcrypt_rounds, settings.hash_concurrency, max_waiting=max(1, settings.grpc_threads // 2)
+    )
+    hasher.warm_up()
+    sessions = Sessions(store, settings, keys, AccessTokens(keys.jwt, keys.jwt, settings.access_ttl), RefreshTokens(keys.refresh))
+    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions)
+    rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
+        interceptors=[Guard(rules, sessions, settings)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store)), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(settings.grpc_addr)
+    if port == 0:
+        store.close()
+        raise OSError(f"cannot listen on {settings.grpc_addr}")
+    monitor = HealthMonitor(store, health_servicer, health_interval)
+    monitor.start()
+    server.start()
+    return App(server=server, port=port, store=store, health=health_servicer, monitor=monitor)

@@ -1,0 +1,100 @@
+"""auth.v1.AuthService over the domain (accounts and sessions)."""
+
+from __future__ import annotations
+
+import grpc
+
+from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from auth_server import devices
+from auth_server.access import current_call
+from auth_server.accounts import Accounts
+from auth_server.errors import AuthError, Code
+from auth_server.servicers import convert
+from auth_server.sessions import Device, Sessions
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, accounts: Accounts, sessions: Sessions) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+
+    def Signup(self, request: auth_pb2.SignupRequest, context: grpc.ServicerContext) -> auth_pb2.SignupResponse:
+        tenant = current_call().tenant
+        user = self._accounts.signup(
+            tenant, request.username, request.email, request.password, request.name, request.phone
+        )
+        return auth_pb2.SignupResponse(user=convert.user(user, tenant))
+
+    def Login(self, request: auth_pb2.LoginRequest, context: grpc.ServicerContext) -> auth_pb2.LoginResponse:
+        started = self._accounts.login(current_call().tenant, request.username_or_email, request.password)
+        return auth_pb2.LoginResponse(
+            login_id=started.login_id, expires_at=convert.timestamp(started.expires_at),
+            delivery_hint=started.delivery_hint,
+        )
+
+    def VerifyOtp(
+        self, request: auth_pb2.VerifyOtpRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.VerifyOtpResponse:
+        call = current_call()
+        explicit = request.device_name if request.HasField("device_name") else call.device_name
+        device = Device(
+            name=devices.device_name(explicit, call.user_agent),
+            ip_address=call.ip_address,
+            user_agent=devices.clean_user_agent(call.user_agent),
+        )
+        tokens = self._accounts.verify_otp(call.tenant, request.login_id, request.otp, device)
+        return auth_pb2.VerifyOtpResponse(**convert.token_fields(tokens))
+
+    def Refresh(self, request: auth_pb2.RefreshRequest, context: grpc.ServicerContext) -> auth_pb2.RefreshResponse:
+        tokens = self._sessions.refresh(current_call().tenant, request.refresh_token)
+        return auth_pb2.RefreshResponse(**convert.token_fields(tokens))
+
+    def UnlockAccount(
+        self, request: auth_pb2.UnlockAccountRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.UnlockAccountResponse:
+        self._accounts.unlock_account(current_call().tenant, request.token)
+        return auth_pb2.UnlockAccountResponse()
+
+    def Introspect(
+        self, request: auth_pb2.IntrospectRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.IntrospectResponse:
+        tenant = current_call().tenant
+        try:
+            caller = self._sessions.authenticate(tenant, request.access_token)
+        except AuthError as error:
+            if error.code is Code.UNAUTHENTICATED:
+                return auth_pb2.IntrospectResponse(active=False)  # a dead token is an answer, not an error
+            raise
+        return auth_pb2.IntrospectResponse(
+            active=True, user=convert.user(caller.user, tenant), session_id=caller.session.id, tenant_id=tenant
+        )
+
+    def GetMe(self, request: auth_pb2.GetMeRequest, context: grpc.ServicerContext) -> auth_pb2.GetMeResponse:
+        caller = current_call().require_caller()
+        return auth_pb2.GetMeResponse(user=convert.user(caller.user, caller.tenant), session_id=caller.session.id)
+
+    def ListSessions(
+        self, request: auth_pb2.ListSessionsRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ListSessionsResponse:
+        caller = current_call().require_caller()
+        return auth_pb2.ListSessionsResponse(
+            sessions=[convert.session(s, caller.session.id) for s in self._sessions.list(caller)]
+        )
+
+    def LogoutSession(
+        self, request: auth_pb2.LogoutSessionRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LogoutSessionResponse:
+        self._sessions.logout(current_call().require_caller(), request.session_id)
+        return auth_pb2.LogoutSessionResponse(session_id=request.session_id)
+
+    def LogoutAll(self, request: auth_pb2.LogoutAllRequest, context: grpc.ServicerContext) -> auth_pb2.LogoutAllResponse:
+        count = self._sessions.logout_all(current_call().require_caller(), request.keep_current)
+        return auth_pb2.LogoutAllResponse(revoked_count=count)
+
+    def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ChangePasswordResponse:
+        count = self._accounts.change_password(
+            current_call().require_caller(), request.current_password, request.new_password
+        )
+        return auth_pb2.ChangePasswordResponse(revoked_count=count)

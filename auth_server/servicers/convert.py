@@ -1,0 +1,51 @@
+"""Records and domain results -> protobuf messages. No secret or hash field is ever copied out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from auth_client.gen.auth.v1 import access_pb2, auth_pb2
+from auth_server.access import ROLE_NAMES
+from auth_server.clock import utcnow
+from auth_server.sessions import IssuedTokens
+from auth_server.store.base import Session, User
+
+ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def user(record: User, tenant: str) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=record.id, username=record.username, email=record.email, name=record.name, phone=record.phone,
+        role=ROLE_VALUES.get(record.role, access_pb2.ROLE_UNSPECIFIED), locked=record.is_locked(utcnow()),
+        created_at=timestamp(record.created_at), tenant_id=tenant,
+    )
+
+
+def session(record: Session, current_id: str) -> auth_pb2.Session:
+    return auth_pb2.Session(
+        id=record.id, device_name=record.device_name, ip_address=record.ip_address, user_agent=record.user_agent,
+        created_at=timestamp(record.created_at), last_activity=timestamp(record.last_activity),
+        is_current=record.id == current_id,
+    )
+
+
+def token_fields(tokens: IssuedTokens) -> dict[str, object]:
+    """The fields VerifyOtpResponse and RefreshResponse share."""
+    return {
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "session_id": tokens.session_id,
+        "access_token_expires_at": timestamp(tokens.access_expires_at),
+        "refresh_token_expires_at": timestamp(tokens.refresh_expires_at),
+        "token_type": "Bearer",
+    }

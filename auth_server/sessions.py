@@ -1,0 +1,192 @@
+"""Device sessions: opening one, authenticating a call by its access token, refresh rotation with reuse
+detection, listing and revoking. No gRPC and no database types here: only the Store protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from auth_server import errors
+from auth_server.clock import utcnow
+from auth_server.config import Settings
+from auth_server.errors import AuthError, Code, unauthenticated
+from auth_server.ids import new_id
+from auth_server.keys import KeyRing
+from auth_server.store.base import Session, Store, User
+from auth_server.tokens import AccessTokens, RefreshTokens
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes an authenticated call: handed by the guard to the handler."""
+
+    tenant: str
+    user: User
+    session: Session
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    ip_address: str
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    access_expires_at: datetime
+    refresh_token: str
+    refresh_expires_at: datetime
+    session_id: str
+
+
+def _refresh_invalid(message: str = "The refresh token is not valid.") -> AuthError:
+    return unauthenticated("REFRESH_TOKEN_INVALID", message)
+
+
+class Sessions:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        keys: KeyRing,
+        access_tokens: AccessTokens,
+        refresh_tokens: RefreshTokens,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._keys = keys
+        self._access = access_tokens
+        self._refresh = refresh_tokens
+        self._activity_interval = timedelta(seconds=settings.activity_interval)
+
+    # --- authentication (the guard's per-call path: one JWT check, one store read, rarely a write)
+
+    def authenticate(self, tenant: str, token: str) -> Caller:
+        claims = self._access.verify(token)  # signature first: a bad token never reaches the store
+        found = self._store.get_session_and_user(tenant, claims.session_id)
+        if found is None:
+            raise unauthenticated(*errors.SESSION_NOT_FOUND)
+        session, user = found
+        now = utcnow()
+        if session.revoked_at is not None or session.expires_at <= now:
+            raise unauthenticated(*errors.SESSION_REVOKED)
+        if user.is_locked(now):
+            raise unauthenticated(*errors.ACCOUNT_LOCKED)
+        if now - session.last_activity >= self._activity_interval:
+            session = self._store.update_session(tenant, session.id, set={"last_activity": now}) or session
+        return Caller(tenant=tenant, user=user, session=session)
+
+    # --- opening and rotating
+
+    def open(self, tenant: str, user: User, device: Device) -> IssuedTokens:
+        now = utcnow()
+        session_id = new_id()
+        nonce = self._refresh.new_nonce()
+        refresh_token = self._refresh.mint(tenant, session_id, 0, nonce)
+        session = Session(
+            id=session_id,
+            user_id=user.id,
+            device_name=device.name,
+            ip_address=device.ip_address,
+            user_agent=device.user_agent,
+            created_at=now,
+            last_activity=now,
+            expires_at=now + timedelta(seconds=self._settings.refresh_ttl),
+            refresh_nonce=nonce,
+            refresh_generation=0,
+            refresh_hash=self._keys.hash("refresh", refresh_token),
+            rotated_at=now,
+        )
+        self._store.create_session(tenant, session)
+        return self._pair(tenant, session, refresh_token)
+
+    def _pair(self, tenant: str, session: Session, refresh_token: str) -> IssuedTokens:
+        # Issued "at" rotated_at so a grace-window retry re-derives byte-identical tokens.
+        issued_at = session.rotated_at or session.created_at
+        access_token, access_expires_at = self._access.issue(session.id, issued_at)
+        return IssuedTokens(access_token, access_expires_at, refresh_token, session.expires_at, session.id)
+
+    def refresh(self, tenant: str, token: str) -> IssuedTokens:
+        parsed = self._refresh.parse(token)
+        if parsed is None:
+            raise _refresh_invalid()
+        session = self._store.get_session(tenant, parsed.session_id)
+        if session is None or not self._refresh.genuine(tenant, parsed, session.refresh_nonce):
+            raise _refresh_invalid()  # forged or foreign: invalid, but never a reason to revoke anything
+        now = utcnow()
+        if session.revoked_at is not None:
+            raise unauthenticated(*errors.SESSION_REVOKED)
+        if session.expires_at <= now:
+            raise _refresh_invalid("The refresh token has expired; log in again.")
+        user = self._store.get_user(tenant, session.user_id)
+        if user is None:
+            raise unauthenticated(*errors.SESSION_NOT_FOUND)
+        if user.is_locked(now):
+            raise unauthenticated(*errors.ACCOUNT_LOCKED)
+
+        if parsed.generation == session.refresh_generation:
+            new_generation = session.refresh_generation + 1
+            new_token = self._refresh.mint(tenant, session.id, new_generation, session.refresh_nonce)
+            rotated = self._store.update_session(
+                tenant,
+                session.id,
+                set={
+                    "refresh_generation": new_generation,
+                    "refresh_hash": self._keys.hash("refresh", new_token),
+                    "rotated_at": now,
+                    "last_activity": now,
+                    "expires_at": now + timedelta(seconds=self._settings.refresh_ttl),
+                },
+                expect={"refresh_generation": session.refresh_generation, "revoked_at": None},
+            )
+            if rotated is not None:
+                return self._pair(tenant, rotated, new_token)
+            # Lost a race with another rotation (or a revocation): judge the token against the new state.
+            session = self._store.get_session(tenant, session.id) or session
+            if session.revoked_at is not None:
+                raise unauthenticated(*errors.SESSION_REVOKED)
+
+        grace = self._settings.refresh_grace
+        if (
+            grace > 0
+            and parsed.generation == session.refresh_generation - 1
+            and session.rotated_at is not None
+            and now - session.rotated_at <= timedelta(seconds=grace)
+        ):
+            # An idempotent retry of the immediately previous token: the same pair, re-derived.
+            current = self._refresh.mint(tenant, session.id, session.refresh_generation, session.refresh_nonce)
+            return self._pair(tenant, session, current)
+        if parsed.generation < session.refresh_generation:
+            self._store.update_session(
+                tenant, session.id, set={"revoked_at": now, "revoke_reason": "refresh_token_reused"},
+                expect={"revoked_at": None},
+            )
+            raise unauthenticated(
+                "REFRESH_TOKEN_REUSED", "This refresh token was already used; the session has been revoked."
+            )
+        raise _refresh_invalid()
+
+    # --- the caller's devices
+
+    def list(self, caller: Caller) -> list[Session]:
+        return self._store.list_active_sessions(caller.tenant, caller.user.id, utcnow())
+
+    def logout(self, caller: Caller, session_id: str) -> None:
+        session = self._store.get_session(caller.tenant, session_id) if session_id else None
+        if session is None or session.user_id != caller.user.id:
+            raise AuthError(Code.NOT_FOUND, "SESSION_NOT_FOUND", "No such session among yours.")
+        revoked = self._store.update_session(
+            caller.tenant, session_id, set={"revoked_at": utcnow(), "revoke_reason": "logout"},
+            expect={"revoked_at": None},
+        )
+        if revoked is None:
+            raise AuthError(Code.FAILED_PRECONDITION, "SESSION_ALREADY_REVOKED", "This session is already revoked.")
+
+    def logout_all(self, caller: Caller, keep_current: bool) -> int:
+        return self._store.revoke_sessions(
+            caller.tenant, caller.user.id, utcnow(), "logout_all",
+            except_id=caller.session.id if keep_current else None,
+        )

@@ -1,0 +1,183 @@
+"""The storage contract: records, the `Store` protocol every adapter implements, and store errors.
+
+The domain talks to storage only through this protocol. Every state change that could race is a
+single conditional update (`update_*` with `expect`), which the adapters implement as one atomic
+statement (SQLite `UPDATE ... WHERE ... RETURNING`, MongoDB `find_one_and_update`), never as
+read-modify-write. All state lives here, none in process memory, so replicas can share one store.
+
+Times are timezone-aware UTC datetimes truncated to milliseconds (MongoDB's precision), so a value
+read back compares equal to the value written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing database cannot be reached or did not answer; the operation did not happen."""
+
+
+class DuplicateKey(StoreError):
+    """A unique field already holds this value in the tenant; `field` names it ("username", "email")."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"duplicate {field}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str  # normalised (lower case); unique per tenant
+    email: str  # normalised (lower case); unique per tenant
+    name: str
+    phone: str
+    role: str  # "user" | "manager" | "admin"
+    password_hash: bytes
+    created_at: datetime
+    admin_locked: bool = False  # set by an admin; only an admin lifts it
+    locked_until: datetime | None = None  # lockout after failed logins; expires by itself
+    failed_logins: int = 0  # consecutive failures since the last success or unlock
+    lockouts: int = 0  # how many lockouts so far (the next one lasts longer)
+    last_otp_sent_at: datetime | None = None  # for the resend interval
+    unlock_token_hash: bytes | None = None  # keyed hash of the e-mailed unlock token
+    unlock_token_expires_at: datetime | None = None
+    password_changed_at: datetime | None = None
+
+    def is_locked(self, now: datetime) -> bool:
+        return self.admin_locked or (self.locked_until is not None and self.locked_until > now)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    user_id: str
+    device_name: str
+    ip_address: str
+    user_agent: str
+    created_at: datetime
+    last_activity: datetime
+    expires_at: datetime  # the refresh token's expiry; after it the session is dead
+    refresh_nonce: bytes  # per-session input of the refresh-token MAC; not a token by itself
+    refresh_generation: int = 0  # generation of the current refresh token
+    refresh_hash: bytes = b""  # keyed hash of the current refresh token
+    rotated_at: datetime | None = None  # when the current generation was issued by a rotation
+    revoked_at: datetime | None = None
+    revoke_reason: str = ""
+
+    def is_active(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class LoginChallenge:
+    id: str  # the login_id handed to the caller
+    user_id: str
+    otp_hash: bytes  # keyed hash of the 6-digit code
+    created_at: datetime
+    expires_at: datetime
+    attempts: int = 0  # VerifyOtp calls made against it, right or wrong
+    consumed_at: datetime | None = None  # set when redeemed or superseded by a newer login
+
+
+def replace(record: Any, **changes: Any) -> Any:
+    """A copy of a record with some fields changed (dataclasses.replace, re-exported for adapters)."""
+    return dataclasses.replace(record, **changes)
+
+
+class Store(Protocol):
+    """Per-tenant storage. Every method takes the tenant id first; tenants never see each other.
+
+    `update_*` methods are conditional atomic updates: `set` assigns fields, `inc` adds to integer
+    fields, and the update happens only if every field in `expect` currently equals the given value
+    (None matches an unset field). They return the record as it is after the update, or None when
+    the record does not exist or an expectation failed. Any failure to reach the database raises
+    StoreUnavailable.
+    """
+
+    def open(self) -> None:
+        """Connect and fail fast (StoreUnavailable) when the database cannot be reached."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers now (drives the health service)."""
+
+    def prepare_tenant(self, tenant: str) -> None:
+        """Create the tenant's tables/collections and indexes if missing. Idempotent."""
+
+    # users
+    def create_user(self, tenant: str, user: User) -> None:
+        """Insert; DuplicateKey("username"|"email") when either is taken in the tenant."""
+
+    def get_user(self, tenant: str, user_id: str) -> User | None: ...
+
+    def find_user(self, tenant: str, username_or_email: str) -> User | None:
+        """The user whose normalised username or e-mail equals the (already normalised) argument."""
+
+    def list_users(self, tenant: str, after_id: str | None, limit: int) -> list[User]:
+        """Users ordered by id (ids sort by creation time), those with id > after_id, at most limit."""
+
+    def count_users(self, tenant: str, role: str) -> int: ...
+
+    def update_user(
+        self,
+        tenant: str,
+        user_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> User | None: ...
+
+    # sessions
+    def create_session(self, tenant: str, session: Session) -> None: ...
+
+    def get_session(self, tenant: str, session_id: str) -> Session | None: ...
+
+    def get_session_and_user(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
+        """The session and its user in as few round trips as the database allows (the guard's path)."""
+
+    def list_active_sessions(self, tenant: str, user_id: str, now: datetime) -> list[Session]:
+        """Not revoked and not expired, newest last_activity first."""
+
+    def update_session(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Session | None: ...
+
+    def revoke_sessions(
+        self, tenant: str, user_id: str, now: datetime, reason: str, except_id: str | None = None
+    ) -> int:
+        """Set revoked_at on every unrevoked session of the user (but except_id); return how many."""
+
+    # login challenges
+    def create_challenge(self, tenant: str, challenge: LoginChallenge) -> None: ...
+
+    def get_challenge(self, tenant: str, challenge_id: str) -> LoginChallenge | None: ...
+
+    def update_challenge(
+        self,
+        tenant: str,
+        challenge_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> LoginChallenge | None: ...
+
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
+        """Mark every open challenge of the user consumed (a newer login supersedes them)."""

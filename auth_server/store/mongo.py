@@ -1,0 +1,375 @@
+"""The MongoDB adapter: the production store, with pymongo's synchronous client.
+
+Each tenant has its own database (`<prefix><tenant>`) holding three flat collections: `users`,
+`sessions` and `login_challenges`, each document keyed by the record id as `_id`. Every field is
+always written, None as null, so an expectation of None matches an unset field with a plain equality.
+A conditional update is one `find_one_and_update` with the expected values in its filter: a single
+atomic operation on one document, never read-modify-write. Nothing relies on transactions, $lookup
+or TTL, which FerretDB 1.24 (the test server) does not provide; TTL indexes are cleanup only and are
+created when the server accepts them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, unquote_plus
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from auth_server.store._fields import CHALLENGE, SESSION, USER, RecordSpec, check_record, check_update
+from auth_server.store.base import DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+
+_log = logging.getLogger(__name__)
+
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_BAD_DB_CHARS = re.compile(r'[/\\. "$\x00]')
+_DEFAULT_PREFIX = "auth_"
+_MAX_DB_NAME = 63  # bytes; MongoDB refuses longer database names
+_MAX_PREFIX = 30  # leaves room for a recognisable piece of the tenant id beside its hash
+# Fail fast when the server is away (a login should not hang), but let a slow query finish.
+_CLIENT_DEFAULTS = {"serverSelectionTimeoutMS": 2000, "connectTimeoutMS": 2000, "socketTimeoutMS": 5000}
+# Expired sessions and challenges stay a day before cleanup, so a late caller still gets "expired"
+# rather than "not found" and an operator can see what happened.
+_TTL_GRACE_S = 86400
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _database_prefix(uri: str) -> str:
+    """The database-name prefix the URI asks for (its database path plus "_"), or "auth_"."""
+    try:
+        if uri.startswith("mongodb+srv://"):
+            # parse_uri would resolve the SRV record here, and nothing may touch the network before
+            # open(); MongoClient checks the rest then. This is pymongo's own split of the path.
+            hosts, _, database = uri[len("mongodb+srv://") :].partition("?")[0].partition("/")
+            if not hosts.rpartition("@")[2]:
+                raise ValueError("no host name")
+            database = unquote_plus(database).split(".", 1)[0] or None
+        else:
+            database = parse_uri(uri)["database"]
+    except (PyMongoError, ValueError) as exc:
+        raise ValueError(f"invalid MongoDB URI: {_redact(str(exc), uri)}") from None
+    if database is None:
+        return _DEFAULT_PREFIX
+    if _BAD_DB_CHARS.search(database) or len(database.encode()) + 1 > _MAX_PREFIX:
+        raise ValueError(
+            f"invalid MongoDB URI: the database name must be a plain name of at most "
+            f"{_MAX_PREFIX - 1} bytes (it prefixes each tenant's database)"
+        )
+    return database + "_"
+
+
+def _redact(message: str, uri: str) -> str:
+    userinfo = uri.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return message.replace(password, "****") if password else message
+
+
+def database_name(prefix: str, tenant: str) -> str:
+    """The tenant's database: prefix + tenant, or a shortened tenant plus its hash when too long."""
+    if not _TENANT.fullmatch(tenant):
+        raise ValueError(f"invalid tenant id {tenant!r}")
+    name = prefix + tenant
+    if len(name.encode()) <= _MAX_DB_NAME:
+        return name
+    digest = hashlib.sha256(tenant.encode()).hexdigest()[:16]
+    keep = min(40, _MAX_DB_NAME - len(prefix.encode()) - len(digest) - 1)
+    return f"{prefix}{tenant[:keep]}_{digest}"
+
+
+def _unavailable_on_connection_failure(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except ConnectionFailure as exc:  # covers AutoReconnect, NetworkTimeout, ServerSelectionTimeout
+            raise StoreUnavailable(f"MongoDB unavailable: {exc}") from exc
+
+    return wrapper
+
+
+def _key(name: str) -> str:
+    return "_id" if name == "id" else name
+
+
+def _document(spec: RecordSpec, record: Any) -> dict[str, Any]:
+    return {_key(name): getattr(record, name) for name in spec.names}
+
+
+def _record(spec: RecordSpec, document: Mapping[str, Any] | None) -> Any:
+    if document is None:
+        return None
+    # A field missing from an older document takes the record's default.
+    return spec.cls(**{name: document[_key(name)] for name in spec.names if _key(name) in document})
+
+
+@dataclass(slots=True)
+class _Tenant:
+    users: Collection[dict[str, Any]]
+    sessions: Collection[dict[str, Any]]
+    challenges: Collection[dict[str, Any]]
+    prepared: bool = False
+
+
+class MongoStore:
+    """The Store protocol over one MongoDB deployment, one database per tenant."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self._prefix = _database_prefix(uri)
+        given = {key.lower() for key, _ in parse_qsl(uri.partition("?")[2])}
+        # Options written in the URI win over our defaults.
+        self._options: dict[str, Any] = {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
+        self._client: MongoClient[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self._tenants: dict[str, _Tenant] = {}
+
+    def database_for(self, tenant: str) -> str:
+        """The name of the tenant's database (for operators and test clean-up)."""
+        return database_name(self._prefix, tenant)
+
+    # -- connection and tenants ------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            if self._client is None:
+                try:
+                    # tz_aware: BSON dates come back as aware UTC datetimes, equal to what was written.
+                    self._client = MongoClient(self._uri, tz_aware=True, tzinfo=UTC, **self._options)
+                except PyMongoError as exc:  # e.g. an SRV name that does not resolve
+                    raise StoreUnavailable(f"MongoDB unavailable: {_redact(str(exc), self._uri)}") from exc
+        try:
+            self.ping()
+        except StoreUnavailable:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            self._tenants.clear()
+        if client is not None:
+            client.close()
+
+    def ping(self) -> None:
+        client = self._client
+        if client is None:
+            raise StoreUnavailable("the MongoDB store is not open")
+        try:
+            client.admin.command("ping")
+        except PyMongoError as exc:  # unreachable, or reachable but refusing us (authentication)
+            raise StoreUnavailable(f"MongoDB unavailable: {exc}") from exc
+
+    @_unavailable_on_connection_failure
+    def prepare_tenant(self, tenant: str) -> None:
+        self._tenant(tenant)
+
+    def _tenant(self, tenant: str) -> _Tenant:
+        """The tenant's collections, its indexes created on first use in this process."""
+        with self._lock:
+            if self._client is None:
+                raise StoreUnavailable("the MongoDB store is not open")
+            handles = self._tenants.get(tenant)
+            if handles is None:
+                db = self._client[self.database_for(tenant)]
+                handles = _Tenant(db["users"], db["sessions"], db["login_challenges"])
+                self._tenants[tenant] = handles
+        if not handles.prepared:
+            # Outside the lock: index creation is a network round trip and other tenants must not
+            # wait for it. Two threads may both prepare a new tenant; creating an index is idempotent.
+            _create_indexes(handles)
+            with self._lock:
+                handles.prepared = True
+        return handles
+
+    # -- shared operations -----------------------------------------------------------------------
+
+    @staticmethod
+    def _update(
+        collection: Collection[dict[str, Any]],
+        spec: RecordSpec,
+        record_id: str,
+        set: Mapping[str, Any] | None,
+        inc: Mapping[str, int] | None,
+        expect: Mapping[str, Any] | None,
+    ) -> Any:
+        check_update(spec, set, inc, expect)
+        # Equality on a checked scalar value; null also matches a missing field, as the protocol wants.
+        query = {"_id": record_id, **(expect or {})}
+        update = {op: dict(values) for op, values in (("$set", set), ("$inc", inc)) if values}
+        if not update:  # nothing to change: a conditional read
+            return _record(spec, collection.find_one(query))
+        return _record(
+            spec, collection.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        )
+
+    # -- users -----------------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def create_user(self, tenant: str, user: User) -> None:
+        check_record(USER, user)
+        users = self._tenant(tenant).users
+        try:
+            users.insert_one(_document(USER, user))
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(_duplicate_field(exc, users, user)) from exc
+
+    @_unavailable_on_connection_failure
+    def get_user(self, tenant: str, user_id: str) -> User | None:
+        return _record(USER, self._tenant(tenant).users.find_one({"_id": user_id}))
+
+    @_unavailable_on_connection_failure
+    def find_user(self, tenant: str, username_or_email: str) -> User | None:
+        query = {"$or": [{"username": username_or_email}, {"email": username_or_email}]}
+        found = list(self._tenant(tenant).users.find(query).limit(2))
+        # Should one user's username equal another's e-mail, the username match wins.
+        found.sort(key=lambda doc: doc["username"] != username_or_email)
+        return _record(USER, found[0]) if found else None
+
+    @_unavailable_on_connection_failure
+    def list_users(self, tenant: str, after_id: str | None, limit: int) -> list[User]:
+        if limit <= 0:  # MongoDB reads limit 0 as "no limit"
+            return []
+        query = {"_id": {"$gt": after_id}} if after_id else {}
+        cursor = self._tenant(tenant).users.find(query).sort("_id", ASCENDING).limit(limit)
+        return [_record(USER, doc) for doc in cursor]
+
+    @_unavailable_on_connection_failure
+    def count_users(self, tenant: str, role: str) -> int:
+        return self._tenant(tenant).users.count_documents({"role": role})
+
+    @_unavailable_on_connection_failure
+    def update_user(
+        self,
+        tenant: str,
+        user_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> User | None:
+        return self._update(self._tenant(tenant).users, USER, user_id, set, inc, expect)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def create_session(self, tenant: str, session: Session) -> None:
+        check_record(SESSION, session)
+        self._tenant(tenant).sessions.insert_one(_document(SESSION, session))
+
+    @_unavailable_on_connection_failure
+    def get_session(self, tenant: str, session_id: str) -> Session | None:
+        return _record(SESSION, self._tenant(tenant).sessions.find_one({"_id": session_id}))
+
+    @_unavailable_on_connection_failure
+    def get_session_and_user(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
+        """Two round trips (session, then its user): FerretDB 1.24 has no $lookup to join them."""
+        handles = self._tenant(tenant)
+        session = _record(SESSION, handles.sessions.find_one({"_id": session_id}))
+        if session is None:
+            return None
+        user = _record(USER, handles.users.find_one({"_id": session.user_id}))
+        return None if user is None else (session, user)
+
+    @_unavailable_on_connection_failure
+    def list_active_sessions(self, tenant: str, user_id: str, now: datetime) -> list[Session]:
+        query = {"user_id": user_id, "revoked_at": None, "expires_at": {"$gt": now}}
+        order = [("last_activity", DESCENDING), ("_id", DESCENDING)]
+        cursor = self._tenant(tenant).sessions.find(query).sort(order)
+        return [_record(SESSION, doc) for doc in cursor]
+
+    @_unavailable_on_connection_failure
+    def update_session(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Session | None:
+        return self._update(self._tenant(tenant).sessions, SESSION, session_id, set, inc, expect)
+
+    @_unavailable_on_connection_failure
+    def revoke_sessions(
+        self, tenant: str, user_id: str, now: datetime, reason: str, except_id: str | None = None
+    ) -> int:
+        query: dict[str, Any] = {"user_id": user_id, "revoked_at": None}
+        if except_id is not None:
+            query["_id"] = {"$ne": except_id}
+        result = self._tenant(tenant).sessions.update_many(
+            query, {"$set": {"revoked_at": now, "revoke_reason": reason}}
+        )
+        return result.modified_count
+
+    # -- login challenges ------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def create_challenge(self, tenant: str, challenge: LoginChallenge) -> None:
+        check_record(CHALLENGE, challenge)
+        self._tenant(tenant).challenges.insert_one(_document(CHALLENGE, challenge))
+
+    @_unavailable_on_connection_failure
+    def get_challenge(self, tenant: str, challenge_id: str) -> LoginChallenge | None:
+        return _record(CHALLENGE, self._tenant(tenant).challenges.find_one({"_id": challenge_id}))
+
+    @_unavailable_on_connection_failure
+    def update_challenge(
+        self,
+        tenant: str,
+        challenge_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> LoginChallenge | None:
+        return self._update(self._tenant(tenant).challenges, CHALLENGE, challenge_id, set, inc, expect)
+
+    @_unavailable_on_connection_failure
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
+        result = self._tenant(tenant).challenges.update_many(
+            {"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}}
+        )
+        return result.modified_count
+
+
+def _create_indexes(handles: _Tenant) -> None:
+    handles.users.create_index("username", unique=True, name="username_unique")
+    handles.users.create_index("email", unique=True, name="email_unique")
+    handles.sessions.create_index("user_id", name="user_id")
+    handles.challenges.create_index("user_id", name="user_id")
+    for collection in (handles.sessions, handles.challenges):
+        try:
+            collection.create_index("expires_at", name="expires_at_ttl", expireAfterSeconds=_TTL_GRACE_S)
+        except OperationFailure as exc:
+            # Cleanup only (FerretDB 1.24 refuses TTL indexes): correctness never depends on it.
+            _log.warning("no TTL index on %s.%s: %s", collection.database.name, collection.name, exc)
+
+
+def _duplicate_field(exc: DuplicateKeyError, users: Collection[dict[str, Any]], user: User) -> str:
+    """Which unique field the failed insert collided on: "username", "email" or "id"."""
+    details = exc.details or {}
+    # MongoDB names the key (keyPattern/keyValue since 4.2, the index name in the message before).
+    for key in details.get("keyPattern") or details.get("keyValue") or {}:
+        return "id" if key == "_id" else str(key)
+    message = str(details.get("errmsg", exc))
+    for field, index in (("username", "username_unique"), ("email", "email_unique"), ("id", "_id_")):
+        if f"index: {index} " in message:
+            return field
+    # FerretDB 1.24 names neither: look for the taken value (the insert failed, so one is there).
+    for field, key, value in (("username", "username", user.username), ("email", "email", user.email)):
+        if users.find_one({key: value}, projection={"_id": 1}) is not None:
+            return field
+    return "id"

@@ -1,0 +1,398 @@
+"""The SQLite adapter: the embedded default store, standard library only.
+
+One database file holds every tenant; each table has a `tenant` column that leads every key and index,
+and every statement filters on it. The file runs in WAL mode so readers never wait for the writer.
+grpcio's sync server calls from a pool of threads, so each thread gets its own connection, in
+autocommit mode: every method is a single statement, and a conditional update is one
+`UPDATE ... WHERE <expectations> RETURNING ...`, atomic under SQLite's single-writer lock.
+
+Datetimes are stored as integer milliseconds since the epoch (UTC), bytes as BLOBs, bools as 0/1.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from auth_server.store._fields import CHALLENGE, SESSION, USER, RecordSpec, check_record, check_update
+from auth_server.store.base import DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "bytes": "BLOB", "datetime": "INTEGER"}
+# Seconds a writer waits for the write lock before the call fails as unavailable.
+_BUSY_TIMEOUT_S = 5.0
+# Primary result codes meaning "the database cannot be used right now" rather than a bug in a query:
+# BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def _encode(kind: str, value: Any) -> Any:
+    if value is not None and kind == "datetime":
+        return (value - _EPOCH) // _MS
+    return value  # sqlite3 stores bool as 0/1 and bytes as BLOB by itself
+
+
+def _decode(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "datetime":
+        return _EPOCH + value * _MS
+    if kind == "bool":
+        return bool(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    name: str
+    spec: RecordSpec
+
+    def columns(self, alias: str = "") -> str:
+        prefix = f"{alias}." if alias else ""
+        return ", ".join(prefix + name for name in self.spec.names)
+
+    # Statement builders. Only the fixed table name, the record's own field names and field names
+    # proved by check_update are interpolated; every value is a bound parameter.
+
+    def ddl(self) -> str:
+        cols = ["tenant TEXT NOT NULL"] + [
+            f"{name} {_SQL_TYPES[kind]}{'' if name in self.spec.nullable else ' NOT NULL'}"
+            for name, kind in self.spec.kinds.items()
+        ]
+        # WITHOUT ROWID: the (tenant, id) key is the table itself, not a second index beside a rowid.
+        keyed = f"{', '.join(cols)}, PRIMARY KEY (tenant, id)"
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({keyed}) WITHOUT ROWID"
+
+    def select(self, condition: str) -> str:
+        return f"SELECT {self.columns()} FROM {self.name} WHERE {condition}"  # noqa: S608
+
+    def insert(self) -> str:
+        marks = ", ".join("?" * (len(self.spec.names) + 1))
+        return f"INSERT INTO {self.name} (tenant, {self.columns()}) VALUES ({marks})"  # noqa: S608
+
+    def update(self, assignments: str, condition: str) -> str:
+        return f"UPDATE {self.name} SET {assignments} WHERE {condition} RETURNING {self.columns()}"  # noqa: S608
+
+    def encode(self, record: Any) -> list[Any]:
+        return [_encode(kind, getattr(record, name)) for name, kind in self.spec.kinds.items()]
+
+    def decode(self, row: Sequence[Any]) -> Any:
+        values = {
+            name: _decode(kind, v) for (name, kind), v in zip(self.spec.kinds.items(), row, strict=True)
+        }
+        return self.spec.cls(**values)
+
+
+_USERS = _Table("users", USER)
+_SESSIONS = _Table("sessions", SESSION)
+_CHALLENGES = _Table("login_challenges", CHALLENGE)
+
+_SCHEMA = (
+    _USERS.ddl(),
+    _SESSIONS.ddl(),
+    _CHALLENGES.ddl(),
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_username ON users (tenant, username)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (tenant, email)",
+    "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id)",
+    "CREATE INDEX IF NOT EXISTS login_challenges_user ON login_challenges (tenant, user_id)",
+)
+
+_SESSION_AND_USER = (
+    f"SELECT {_SESSIONS.columns('s')}, {_USERS.columns('u')} FROM sessions AS s"  # noqa: S608
+    " JOIN users AS u ON u.tenant = s.tenant AND u.id = s.user_id"
+    " WHERE s.tenant = ? AND s.id = ?"
+)
+
+
+class _Connection(sqlite3.Connection):
+    """A plain connection; subclassed only so the store can hold it by weak reference."""
+
+
+def _is_unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _UNAVAILABLE_CODES
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        text in str(exc) for text in ("unable to open", "disk I/O", "readonly", "locked", "database is full")
+    )
+
+
+class SqliteStore:
+    """The Store protocol over one SQLite file shared by all tenants."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = _BUSY_TIMEOUT_S) -> None:
+        self._path = os.fspath(path)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # Connections of live threads, so close() can close them all; a thread's connection is
+        # closed by garbage collection when the thread ends, hence weak references.
+        self._connections: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
+        self._generation = 0  # bumped by close(); a thread's older connection is then stale
+        self._open = False
+
+    # -- connection handling -------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the directory of {self._path}: {exc.strerror}") from exc
+        with self._lock:
+            self._open = True
+        self.ping()
+
+    def close(self) -> None:
+        # Called at shutdown, after the server stopped taking calls, so no thread is mid-statement.
+        with self._lock:
+            self._open = False
+            self._generation += 1
+            connections, self._connections = list(self._connections), weakref.WeakSet()
+        for conn in connections:
+            conn.close()
+
+    def ping(self) -> None:
+        self._execute("SELECT 1", ())
+
+    def prepare_tenant(self, tenant: str) -> None:
+        """Nothing to do: all tenants share the schema that open() (or any new connection) creates."""
+
+    def _connection(self) -> sqlite3.Connection:
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == self._generation:
+            return held[1]
+        with self._lock:
+            if not self._open:
+                raise StoreUnavailable("the SQLite store is closed")
+            generation = self._generation
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,  # sets SQLite's busy_timeout
+            isolation_level=None,  # autocommit: every statement is its own transaction
+            check_same_thread=False,  # only so close() may close it from another thread
+            factory=_Connection,
+        )
+        try:
+            self._ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._connections.add(conn)
+        self._local.held = (generation, conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            self._connections.discard(held[1])
+            held[1].close()
+
+    @staticmethod
+    def _ensure_schema(conn: sqlite3.Connection) -> None:
+        # Checked on every new connection, not only in open(): a file that was missing or unusable
+        # comes back empty, and the store must recover by itself once it can write there again.
+        names = [t.name for t in (_USERS, _SESSIONS, _CHALLENGES)]
+        (found,) = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?)", names
+        ).fetchone()
+        if found == len(names):
+            return
+        conn.execute("PRAGMA journal_mode = WAL")  # persistent: recorded in the file itself
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], int]:
+        """Run one statement; return its rows and rowcount, or raise StoreUnavailable."""
+        try:
+            cursor = self._connection().execute(sql, params)
+            # fetchall() steps the statement to its end, which ends its implicit transaction; a
+            # half-read cursor would keep the write lock (RETURNING) or pin an old WAL snapshot.
+            rows = cursor.fetchall()
+            return rows, cursor.rowcount
+        except sqlite3.Error as exc:
+            if not _is_unavailable(exc):
+                raise
+            # The connection may be wedged (file gone, disk replaced): the next call starts afresh.
+            self._drop_connection()
+            raise StoreUnavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
+
+    # -- shared statement builders -------------------------------------------------------------
+
+    def _insert(self, table: _Table, tenant: str, record: Any) -> None:
+        check_record(table.spec, record)
+        self._execute(table.insert(), [tenant, *table.encode(record)])
+
+    def _get(self, table: _Table, tenant: str, record_id: str) -> Any:
+        rows, _ = self._execute(table.select("tenant = ? AND id = ?"), (tenant, record_id))
+        return table.decode(rows[0]) if rows else None
+
+    def _update(
+        self,
+        table: _Table,
+        tenant: str,
+        record_id: str,
+        set: Mapping[str, Any] | None,
+        inc: Mapping[str, int] | None,
+        expect: Mapping[str, Any] | None,
+    ) -> Any:
+        # Field names are interpolated below only after check_update proved them record fields.
+        check_update(table.spec, set, inc, expect)
+        kinds = table.spec.kinds
+        assignments: list[str] = []
+        params: list[Any] = []
+        for name, value in (set or {}).items():
+            assignments.append(f"{name} = ?")
+            params.append(_encode(kinds[name], value))
+        for name, amount in (inc or {}).items():
+            assignments.append(f"{name} = {name} + ?")
+            params.append(amount)
+        conditions = ["tenant = ?", "id = ?"]
+        params += [tenant, record_id]
+        for name, value in (expect or {}).items():
+            if value is None:
+                conditions.append(f"{name} IS NULL")
+            else:
+                conditions.append(f"{name} = ?")
+                params.append(_encode(kinds[name], value))
+        where = " AND ".join(conditions)
+        # With nothing to change it is a conditional read.
+        sql = table.update(", ".join(assignments), where) if assignments else table.select(where)
+        rows, _ = self._execute(sql, params)
+        return table.decode(rows[0]) if rows else None
+
+    # -- users -----------------------------------------------------------------------------------
+
+    def create_user(self, tenant: str, user: User) -> None:
+        try:
+            self._insert(_USERS, tenant, user)
+        except sqlite3.IntegrityError as exc:
+            # "UNIQUE constraint failed: users.tenant, users.email": the last column names the field.
+            column = str(exc).rsplit(".", 1)[-1]
+            if column in ("username", "email", "id"):
+                raise DuplicateKey(column) from exc
+            raise
+
+    def get_user(self, tenant: str, user_id: str) -> User | None:
+        return self._get(_USERS, tenant, user_id)
+
+    def find_user(self, tenant: str, username_or_email: str) -> User | None:
+        # Should one user's username equal another's e-mail, the username match wins.
+        rows, _ = self._execute(
+            _USERS.select("tenant = ? AND (username = ? OR email = ?) ORDER BY username = ? DESC LIMIT 1"),
+            (tenant, username_or_email, username_or_email, username_or_email),
+        )
+        return _USERS.decode(rows[0]) if rows else None
+
+    def list_users(self, tenant: str, after_id: str | None, limit: int) -> list[User]:
+        if limit <= 0:
+            return []
+        rows, _ = self._execute(
+            _USERS.select("tenant = ? AND id > ? ORDER BY id LIMIT ?"), (tenant, after_id or "", limit)
+        )
+        return [_USERS.decode(row) for row in rows]
+
+    def count_users(self, tenant: str, role: str) -> int:
+        rows, _ = self._execute("SELECT count(*) FROM users WHERE tenant = ? AND role = ?", (tenant, role))
+        return int(rows[0][0])
+
+    def update_user(
+        self,
+        tenant: str,
+        user_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> User | None:
+        return self._update(_USERS, tenant, user_id, set, inc, expect)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def create_session(self, tenant: str, session: Session) -> None:
+        self._insert(_SESSIONS, tenant, session)
+
+    def get_session(self, tenant: str, session_id: str) -> Session | None:
+        return self._get(_SESSIONS, tenant, session_id)
+
+    def get_session_and_user(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
+        """One statement: the session joined to its user."""
+        rows, _ = self._execute(_SESSION_AND_USER, (tenant, session_id))
+        if not rows:
+            return None
+        split = len(SESSION.names)
+        return _SESSIONS.decode(rows[0][:split]), _USERS.decode(rows[0][split:])
+
+    def list_active_sessions(self, tenant: str, user_id: str, now: datetime) -> list[Session]:
+        rows, _ = self._execute(
+            _SESSIONS.select(
+                "tenant = ? AND user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+                " ORDER BY last_activity DESC, id DESC"
+            ),
+            (tenant, user_id, _encode("datetime", now)),
+        )
+        return [_SESSIONS.decode(row) for row in rows]
+
+    def update_session(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Session | None:
+        return self._update(_SESSIONS, tenant, session_id, set, inc, expect)
+
+    def revoke_sessions(
+        self, tenant: str, user_id: str, now: datetime, reason: str, except_id: str | None = None
+    ) -> int:
+        sql = (
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ?"
+            " WHERE tenant = ? AND user_id = ? AND revoked_at IS NULL AND id != ?"
+        )
+        # No session has the empty id, so "" as except_id excludes nothing.
+        _, count = self._execute(sql, (_encode("datetime", now), reason, tenant, user_id, except_id or ""))
+        return count
+
+    # -- login challenges ------------------------------------------------------------------------
+
+    def create_challenge(self, tenant: str, challenge: LoginChallenge) -> None:
+        self._insert(_CHALLENGES, tenant, challenge)
+
+    def get_challenge(self, tenant: str, challenge_id: str) -> LoginChallenge | None:
+        return self._get(_CHALLENGES, tenant, challenge_id)
+
+    def update_challenge(
+        self,
+        tenant: str,
+        challenge_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> LoginChallenge | None:
+        return self._update(_CHALLENGES, tenant, challenge_id, set, inc, expect)
+
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
+        _, count = self._execute(
+            "UPDATE login_challenges SET consumed_at = ?"
+            " WHERE tenant = ? AND user_id = ? AND consumed_at IS NULL",
+            (_encode("datetime", now), tenant, user_id),
+        )
+        return count

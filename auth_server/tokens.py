@@ -1,0 +1,140 @@
+"""Access and refresh tokens.
+
+Access token: a JWT (header `typ: at+jwt`) whose payload holds only `session_id`, `type: "access"`,
+`iat`, `exp` and `jti`: no user id, e-mail, role or tenant, so every call must load the session and its
+user, and revocation, locks and role changes act on the next call. Verification pins the configured
+algorithm (never the one in the token header, never `none`), requires every claim and checks `type`.
+
+Refresh token: opaque, `rt1.<session_id>.<generation>.<mac>`, where the MAC binds tenant, session,
+generation and a per-session nonce under a server key. The store keeps the session's current
+generation and a keyed hash of the current token, never the token. Because any genuine token can be
+re-derived, the server tells a replayed old token (theft: revoke) from a forged one (just invalid),
+and can hand an idempotent retry within the grace window the very same rotated pair without storing it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from auth_server.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthenticated
+
+ACCESS_TYPE = "access"
+REFRESH_PREFIX = "rt1"
+LEEWAY_SECONDS = 10
+MAX_TOKEN_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    session_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+class AccessTokens:
+    """Issues and verifies access JWTs with one configured algorithm and key."""
+
+    def __init__(
+        self,
+        signing_key: Any,
+        verification_key: Any,
+        ttl: int,
+        algorithm: str = "HS256",
+        kid: str | None = None,
+    ) -> None:
+        if algorithm.lower() == "none":
+            raise ValueError("the 'none' algorithm is never allowed")
+        self._signing_key = signing_key
+        self._verification_key = verification_key
+        self._algorithm = algorithm
+        self._headers: dict[str, str] = {"typ": "at+jwt"} | ({"kid": kid} if kid else {})
+        self._ttl = timedelta(seconds=ttl)
+        self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "session_id", "type"]})
+
+    def issue(self, session_id: str, now: datetime) -> tuple[str, datetime]:
+        """A token for the session, valid from `now`; the same inputs give the same token (no jti
+        randomness), which is what lets a refresh retry within the grace window return the same pair."""
+        expires_at = now + self._ttl
+        iat = int(now.timestamp())
+        payload = {
+            "session_id": session_id,
+            "type": ACCESS_TYPE,
+            "iat": iat,
+            "exp": int(expires_at.timestamp()),
+            "jti": hashlib.sha256(f"{session_id}:{now.timestamp()}".encode()).hexdigest()[:22],
+        }
+        token = self._jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=self._headers)
+        return token, datetime.fromtimestamp(payload["exp"], UTC)
+
+    def verify(self, token: str) -> AccessClaims:
+        """Claims of a valid access token; AuthError TOKEN_EXPIRED or TOKEN_INVALID otherwise."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise unauthenticated(*TOKEN_INVALID)
+        try:
+            payload = self._jwt.decode(
+                token, self._verification_key, algorithms=[self._algorithm], leeway=LEEWAY_SECONDS
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated(*TOKEN_EXPIRED) from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise unauthenticated(*TOKEN_INVALID) from None
+        session_id = payload.get("session_id")
+        if payload.get("type") != ACCESS_TYPE or not isinstance(session_id, str) or not session_id:
+            raise unauthenticated(*TOKEN_INVALID)
+        if not isinstance(payload.get("iat"), int) or not isinstance(payload.get("exp"), int):
+            raise unauthenticated(*TOKEN_INVALID)
+        return AccessClaims(
+            session_id=session_id,
+            issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+            expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        )
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    session_id: str
+    generation: int
+    mac: str
+
+
+class RefreshTokens:
+    """Mints and checks opaque refresh tokens bound to tenant, session, generation and nonce."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @staticmethod
+    def new_nonce() -> bytes:
+        return secrets.token_bytes(32)
+
+    def _mac(self, tenant: str, session_id: str, generation: int, nonce: bytes) -> str:
+        message = f"{tenant}\x00{session_id}\x00{generation}\x00".encode() + nonce
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def mint(self, tenant: str, session_id: str, generation: int, nonce: bytes) -> str:
+        return f"{REFRESH_PREFIX}.{session_id}.{generation}.{self._mac(tenant, session_id, generation, nonce)}"
+
+    @staticmethod
+    def parse(token: str) -> RefreshToken | None:
+        """The parts of a well-formed token, or None (an access JWT or garbage never parses)."""
+        if not token or len(token) > 512:
+            return None
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != REFRESH_PREFIX or not parts[2].isdigit() or len(parts[2]) > 9:
+            return None
+        if not parts[1].isalnum() or not parts[3]:
+            return None
+        return RefreshToken(session_id=parts[1], generation=int(parts[2]), mac=parts[3])
+
+    def genuine(self, tenant: str, token: RefreshToken, nonce: bytes) -> bool:
+        expected = self._mac(tenant, token.session_id, token.generation, nonce)
+        return hmac.compare_digest(expected.encode(), token.mac.encode())

@@ -1,0 +1,523 @@
+"""The storage contract (auth_server/store/base.py), run against every adapter.
+
+Each test gets a fresh database: a new SQLite file, or new random tenant ids on the MongoDB server
+(each tenant is its own database there). Both adapters must behave identically.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from auth_server.store import DuplicateKey, Store, StoreUnavailable, open_store
+from auth_server.store.base import replace
+from auth_server.store.mongo import MongoStore
+from auth_server.store.sqlite import SqliteStore
+from tests.support.ferretdb import free_port
+from tests.support.records import new_challenge, new_id, new_session, new_user, utcnow
+
+
+def _new_tenant() -> str:
+    return f"t{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def tenant() -> str:
+    return _new_tenant()
+
+
+@pytest.fixture
+def other_tenant() -> str:
+    return _new_tenant()
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, tenant: str, other_tenant: str) -> Iterator[Store]:
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path}/auth.db"  # tmp_path is absolute: four slashes in all
+    else:
+        uri = request.getfixturevalue("mongodb_uri")
+    opened = open_store(uri)
+    opened.open()
+    for name in (tenant, other_tenant):
+        opened.prepare_tenant(name)
+    yield opened
+    opened.close()
+    if isinstance(opened, MongoStore):
+        with MongoClient(uri) as client:  # leave nothing behind on a shared server
+            for name in (tenant, other_tenant):
+                client.drop_database(opened.database_for(name))
+
+
+def _in_parallel(count: int, work: Callable[[], Any]) -> list[Any]:
+    """Run `work` in `count` threads released together by a barrier; return their results."""
+    barrier = threading.Barrier(count, timeout=30)
+
+    def run() -> Any:
+        barrier.wait()
+        return work()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(run) for _ in range(count)]
+        return [future.result() for future in futures]
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+def test_user_round_trips_every_field(store: Store, tenant: str) -> None:
+    now = utcnow()
+    user = new_user(
+        role="admin",
+        admin_locked=True,
+        locked_until=now + timedelta(minutes=15),
+        failed_logins=3,
+        lockouts=2,
+        last_otp_sent_at=now,
+        unlock_token_hash=b"\x00\xffhash",
+        unlock_token_expires_at=now + timedelta(hours=1),
+        password_changed_at=now - timedelta(days=1),
+    )
+    store.create_user(tenant, user)
+    assert store.get_user(tenant, user.id) == user
+    plain = new_user()  # every optional field left at its default
+    store.create_user(tenant, plain)
+    assert store.get_user(tenant, plain.id) == plain
+
+
+def test_datetimes_come_back_aware_utc_and_truncated_to_milliseconds(store: Store, tenant: str) -> None:
+    precise = datetime(2030, 5, 17, 13, 45, 12, 345678, tzinfo=UTC)
+    elsewhere = datetime(2030, 5, 17, 15, 45, 12, 345000, tzinfo=timezone(timedelta(hours=2)))
+    user = new_user(created_at=precise, locked_until=elsewhere)
+    store.create_user(tenant, user)
+    got = store.get_user(tenant, user.id)
+    assert got is not None
+    assert got.created_at == datetime(2030, 5, 17, 13, 45, 12, 345000, tzinfo=UTC)
+    assert got.locked_until == elsewhere
+    for value in (got.created_at, got.locked_until):
+        assert value is not None and value.utcoffset() == timedelta(0)
+    now = utcnow()  # the clock's values survive a round trip unchanged
+    assert now.microsecond % 1000 == 0
+    updated = store.update_user(tenant, user.id, set={"last_otp_sent_at": now})
+    assert updated is not None and updated.last_otp_sent_at == now
+
+
+def test_get_user_of_unknown_id_is_none(store: Store, tenant: str) -> None:
+    assert store.get_user(tenant, new_id()) is None
+
+
+def test_find_user_by_username_or_email(store: Store, tenant: str) -> None:
+    user = new_user(username="alice", email="alice@example.test")
+    store.create_user(tenant, new_user())
+    store.create_user(tenant, user)
+    assert store.find_user(tenant, "alice") == user
+    assert store.find_user(tenant, "alice@example.test") == user
+    assert store.find_user(tenant, "bob") is None
+    assert store.find_user(tenant, "ALICE") is None  # arguments arrive normalised; no folding here
+
+
+@pytest.mark.parametrize("field", ["username", "email"])
+def test_duplicate_username_or_email_is_refused_and_writes_nothing(
+    store: Store, tenant: str, field: str
+) -> None:
+    first = new_user(role="manager")
+    store.create_user(tenant, first)
+    clash = new_user(role="manager", **{field: getattr(first, field)})
+    with pytest.raises(DuplicateKey) as caught:
+        store.create_user(tenant, clash)
+    assert caught.value.field == field
+    assert store.get_user(tenant, clash.id) is None
+    assert store.count_users(tenant, "manager") == 1
+    assert store.list_users(tenant, None, 10) == [first]
+    other_field = "email" if field == "username" else "username"
+    assert store.find_user(tenant, getattr(clash, other_field)) is None
+
+
+def test_list_users_pages_in_id_order(store: Store, tenant: str) -> None:
+    users = [new_user() for _ in range(5)]
+    for user in reversed(users):  # insertion order must not matter
+        store.create_user(tenant, user)
+    expected = sorted(users, key=lambda u: u.id)
+    first = store.list_users(tenant, None, 2)
+    second = store.list_users(tenant, first[-1].id, 2)
+    third = store.list_users(tenant, second[-1].id, 2)
+    assert first + second + third == expected
+    assert len(third) == 1
+    assert store.list_users(tenant, third[-1].id, 2) == []
+    assert store.list_users(tenant, None, 100) == expected
+    assert store.list_users(tenant, None, 0) == []
+
+
+def test_count_users_by_role(store: Store, tenant: str) -> None:
+    for role in ("user", "user", "admin", "manager", "user"):
+        store.create_user(tenant, new_user(role=role))
+    assert store.count_users(tenant, "user") == 3
+    assert store.count_users(tenant, "admin") == 1
+    assert store.count_users(tenant, "nobody") == 0
+
+
+def test_update_user_sets_and_increments(store: Store, tenant: str) -> None:
+    user = new_user(failed_logins=1)
+    store.create_user(tenant, user)
+    until = utcnow() + timedelta(minutes=5)
+    updated = store.update_user(
+        tenant,
+        user.id,
+        set={"locked_until": until, "admin_locked": True, "name": "N"},
+        inc={"failed_logins": 2},
+    )
+    assert updated == replace(user, locked_until=until, admin_locked=True, name="N", failed_logins=3)
+    assert store.get_user(tenant, user.id) == updated
+    cleared = store.update_user(tenant, user.id, set={"locked_until": None}, inc={"failed_logins": -3})
+    assert cleared == replace(updated, locked_until=None, failed_logins=0)
+
+
+def test_update_with_failed_expectation_returns_none_and_changes_nothing(store: Store, tenant: str) -> None:
+    user = new_user(failed_logins=2)
+    store.create_user(tenant, user)
+    assert store.update_user(tenant, user.id, set={"role": "admin"}, expect={"failed_logins": 1}) is None
+    assert store.update_user(tenant, user.id, inc={"lockouts": 1}, expect={"role": "manager"}) is None
+    assert store.get_user(tenant, user.id) == user
+    done = store.update_user(
+        tenant, user.id, set={"role": "admin"}, expect={"failed_logins": 2, "role": "user"}
+    )
+    assert done == replace(user, role="admin")
+
+
+def test_expect_none_matches_only_an_unset_field(store: Store, tenant: str) -> None:
+    user = new_user()
+    store.create_user(tenant, user)
+    token = b"unlock-hash"
+    first = store.update_user(
+        tenant, user.id, set={"unlock_token_hash": token}, expect={"unlock_token_hash": None}
+    )
+    assert first is not None and first.unlock_token_hash == token
+    again = store.update_user(
+        tenant, user.id, set={"unlock_token_hash": b"x"}, expect={"unlock_token_hash": None}
+    )
+    assert again is None
+    redeemed = store.update_user(
+        tenant, user.id, set={"unlock_token_hash": None}, expect={"unlock_token_hash": token}
+    )
+    assert redeemed is not None and redeemed.unlock_token_hash is None
+
+
+def test_update_without_changes_is_a_conditional_read(store: Store, tenant: str) -> None:
+    user = new_user()
+    store.create_user(tenant, user)
+    assert store.update_user(tenant, user.id, expect={"role": "user"}) == user
+    assert store.update_user(tenant, user.id, expect={"role": "admin"}) is None
+
+
+def test_update_of_unknown_record_is_none(store: Store, tenant: str) -> None:
+    assert store.update_user(tenant, new_id(), set={"name": "x"}) is None
+    assert store.update_session(tenant, new_id(), inc={"refresh_generation": 1}) is None
+    assert store.update_challenge(tenant, new_id(), set={"consumed_at": utcnow()}) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"set": {"no_such_field": 1}},
+        {"set": {"name = 'x', role": "admin"}},  # a name that would be SQL if interpolated unchecked
+        {"expect": {"role = role OR 1": 1}},
+        {"set": {"id": "other"}},
+        {"expect": {"id": "other"}},
+        {"inc": {"name": 1}},  # not an integer field
+        {"inc": {"admin_locked": 1}},  # bool is not a counter
+        {"set": {"failed_logins": "3"}},  # wrong kind of value
+        {"set": {"created_at": datetime(2030, 1, 1)}},  # naive datetime
+        {"set": {"username": None}},  # not nullable
+        {"set": {"failed_logins": 1}, "inc": {"failed_logins": 1}},
+    ],
+)
+def test_bad_updates_are_refused_and_change_nothing(
+    store: Store, tenant: str, change: dict[str, Any]
+) -> None:
+    user = new_user()
+    store.create_user(tenant, user)
+    with pytest.raises(ValueError):
+        store.update_user(tenant, user.id, **change)
+    assert store.get_user(tenant, user.id) == user
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+def test_session_round_trip_and_get_session_and_user(store: Store, tenant: str) -> None:
+    user = new_user()
+    store.create_user(tenant, user)
+    session = new_session(user.id, rotated_at=utcnow(), refresh_generation=4, revoke_reason="")
+    store.create_session(tenant, session)
+    assert store.get_session(tenant, session.id) == session
+    assert store.get_session_and_user(tenant, session.id) == (session, user)
+    assert store.get_session(tenant, new_id()) is None
+    assert store.get_session_and_user(tenant, new_id()) is None
+
+
+def test_session_of_a_missing_user_has_no_session_and_user(store: Store, tenant: str) -> None:
+    orphan = new_session(new_id())
+    store.create_session(tenant, orphan)
+    assert store.get_session_and_user(tenant, orphan.id) is None
+
+
+def test_update_session_compare_and_set(store: Store, tenant: str) -> None:
+    session = new_session(new_id())
+    store.create_session(tenant, session)
+    later = utcnow() + timedelta(seconds=1)
+    rotated = store.update_session(
+        tenant,
+        session.id,
+        set={"refresh_hash": b"new", "rotated_at": later, "last_activity": later},
+        inc={"refresh_generation": 1},
+        expect={"refresh_generation": 0, "refresh_hash": session.refresh_hash, "revoked_at": None},
+    )
+    assert rotated == replace(
+        session, refresh_hash=b"new", rotated_at=later, last_activity=later, refresh_generation=1
+    )
+    stale = store.update_session(
+        tenant, session.id, inc={"refresh_generation": 1}, expect={"refresh_generation": 0}
+    )
+    assert stale is None
+    assert store.get_session(tenant, session.id) == rotated
+
+
+def test_revoke_sessions_counts_and_spares_the_exception(store: Store, tenant: str) -> None:
+    user_id, other_user = new_id(), new_id()
+    sessions = [new_session(user_id) for _ in range(3)]
+    bystander = new_session(other_user)
+    for session in (*sessions, bystander):
+        store.create_session(tenant, session)
+    now = utcnow()
+    keep = sessions[0]
+    assert store.revoke_sessions(tenant, user_id, now, "logout_all", except_id=keep.id) == 2
+    for session in sessions[1:]:
+        assert store.get_session(tenant, session.id) == replace(
+            session, revoked_at=now, revoke_reason="logout_all"
+        )
+    assert store.get_session(tenant, keep.id) == keep
+    assert store.get_session(tenant, bystander.id) == bystander
+    later = now + timedelta(seconds=1)
+    # Already revoked sessions keep their first revocation; only the spared one is counted now.
+    assert store.revoke_sessions(tenant, user_id, later, "password_changed") == 1
+    assert store.get_session(tenant, keep.id) == replace(
+        keep, revoked_at=later, revoke_reason="password_changed"
+    )
+    assert store.get_session(tenant, sessions[1].id) == replace(
+        sessions[1], revoked_at=now, revoke_reason="logout_all"
+    )
+    assert store.revoke_sessions(tenant, user_id, later, "again") == 0
+
+
+def test_list_active_sessions_skips_revoked_and_expired_newest_first(store: Store, tenant: str) -> None:
+    user_id = new_id()
+    now = utcnow()
+    old = new_session(user_id, last_activity=now - timedelta(hours=2))
+    recent = new_session(user_id, last_activity=now - timedelta(minutes=1))
+    middle = new_session(user_id, last_activity=now - timedelta(hours=1))
+    revoked = new_session(user_id, revoked_at=now - timedelta(minutes=5), revoke_reason="logout")
+    expired = new_session(user_id, expires_at=now - timedelta(seconds=1))
+    expiring_now = new_session(user_id, expires_at=now)  # expiry is exclusive: dead at `now`
+    someone_else = new_session(new_id())
+    for session in (old, recent, middle, revoked, expired, expiring_now, someone_else):
+        store.create_session(tenant, session)
+    assert store.list_active_sessions(tenant, user_id, now) == [recent, middle, old]
+    assert store.list_active_sessions(tenant, new_id(), now) == []
+
+
+# -- login challenges ----------------------------------------------------------------------------
+
+
+def test_challenge_round_trip_and_attempts(store: Store, tenant: str) -> None:
+    challenge = new_challenge(new_id())
+    store.create_challenge(tenant, challenge)
+    assert store.get_challenge(tenant, challenge.id) == challenge
+    tried = store.update_challenge(
+        tenant, challenge.id, inc={"attempts": 1}, expect={"consumed_at": None, "attempts": 0}
+    )
+    assert tried == replace(challenge, attempts=1)
+    now = utcnow()
+    used = store.update_challenge(
+        tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None}
+    )
+    assert used == replace(challenge, attempts=1, consumed_at=now)
+    assert (
+        store.update_challenge(tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None})
+        is None
+    )
+    assert store.get_challenge(tenant, new_id()) is None
+
+
+def test_consume_challenges_closes_only_the_users_open_ones(store: Store, tenant: str) -> None:
+    user_id = new_id()
+    earlier = utcnow() - timedelta(minutes=1)
+    open_ones = [new_challenge(user_id) for _ in range(2)]
+    done = new_challenge(user_id, consumed_at=earlier)
+    other = new_challenge(new_id())
+    for challenge in (*open_ones, done, other):
+        store.create_challenge(tenant, challenge)
+    now = utcnow()
+    assert store.consume_challenges(tenant, user_id, now) == 2
+    for challenge in open_ones:
+        assert store.get_challenge(tenant, challenge.id) == replace(challenge, consumed_at=now)
+    assert store.get_challenge(tenant, done.id) == done
+    assert store.get_challenge(tenant, other.id) == other
+    assert store.consume_challenges(tenant, user_id, now) == 0
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+
+def test_tenants_never_see_each_other(store: Store, tenant: str, other_tenant: str) -> None:
+    user = new_user(role="admin")
+    session = new_session(user.id)
+    challenge = new_challenge(user.id)
+    store.create_user(tenant, user)
+    store.create_session(tenant, session)
+    store.create_challenge(tenant, challenge)
+    now = utcnow()
+
+    assert store.get_user(other_tenant, user.id) is None
+    assert store.find_user(other_tenant, user.username) is None
+    assert store.find_user(other_tenant, user.email) is None
+    assert store.list_users(other_tenant, None, 10) == []
+    assert store.count_users(other_tenant, "admin") == 0
+    assert store.update_user(other_tenant, user.id, set={"role": "user"}) is None
+    assert store.get_session(other_tenant, session.id) is None
+    assert store.get_session_and_user(other_tenant, session.id) is None
+    assert store.list_active_sessions(other_tenant, user.id, now) == []
+    assert store.update_session(other_tenant, session.id, inc={"refresh_generation": 1}) is None
+    assert store.revoke_sessions(other_tenant, user.id, now, "x") == 0
+    assert store.get_challenge(other_tenant, challenge.id) is None
+    assert store.update_challenge(other_tenant, challenge.id, inc={"attempts": 1}) is None
+    assert store.consume_challenges(other_tenant, user.id, now) == 0
+
+    # Uniqueness is per tenant: the very same records fit in the other tenant.
+    store.create_user(other_tenant, user)
+    store.create_session(other_tenant, session)
+    store.create_challenge(other_tenant, challenge)
+    assert store.get_session_and_user(other_tenant, session.id) == (session, user)
+    # ...and the first tenant's records were never touched.
+    assert store.get_user(tenant, user.id) == user
+    assert store.get_session(tenant, session.id) == session
+    assert store.get_challenge(tenant, challenge.id) == challenge
+
+
+def test_prepare_tenant_is_idempotent_and_ping_answers(store: Store, tenant: str) -> None:
+    store.prepare_tenant(tenant)
+    store.prepare_tenant(tenant)
+    store.ping()
+    user = new_user()
+    store.create_user(tenant, user)
+    with pytest.raises(DuplicateKey):  # the unique indexes are still in force
+        store.create_user(tenant, new_user(username=user.username))
+
+
+# -- races ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [2, 8])
+def test_exactly_one_concurrent_compare_and_set_wins(store: Store, tenant: str, threads: int) -> None:
+    session = new_session(new_id())
+    store.create_session(tenant, session)
+
+    def rotate() -> Any:
+        return store.update_session(
+            tenant, session.id, set={"refresh_generation": 1}, expect={"refresh_generation": 0}
+        )
+
+    results = _in_parallel(threads, rotate)
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].refresh_generation == 1
+    assert results.count(None) == threads - 1
+
+
+def test_concurrent_increments_are_all_counted(store: Store, tenant: str) -> None:
+    user = new_user()
+    store.create_user(tenant, user)
+    threads, rounds = 8, 5
+
+    def bump() -> None:
+        for _ in range(rounds):
+            assert store.update_user(tenant, user.id, inc={"failed_logins": 1}) is not None
+
+    _in_parallel(threads, bump)
+    final = store.get_user(tenant, user.id)
+    assert final is not None and final.failed_logins == threads * rounds
+
+
+# -- closed store --------------------------------------------------------------------------------
+
+
+def test_a_closed_store_is_unavailable(store: Store, tenant: str) -> None:
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.get_user(tenant, new_id())
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    store.open()  # and it can be opened again
+    assert store.get_user(tenant, new_id()) is None
+
+
+# -- unavailable databases (adapter-specific set-ups, same behaviour) -----------------------------
+
+
+def test_sqlite_in_an_unusable_directory_is_unavailable_until_it_is_fixed(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("a regular file where the database directory should be")
+    store = SqliteStore(blocker / "auth.db")  # tests run as root here, so permissions cannot block it
+    with pytest.raises(StoreUnavailable):
+        store.open()
+    blocker.unlink()
+    blocker.mkdir()
+    store.open()
+    try:
+        user = new_user()
+        store.create_user("acme", user)
+        assert store.get_user("acme", user.id) == user
+    finally:
+        store.close()
+
+
+def test_sqlite_locked_database_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "auth.db"
+    store = SqliteStore(path, busy_timeout=0.05)
+    store.open()
+    user = new_user()
+    store.create_user("acme", user)
+    # Another process holding the write lock past the busy timeout: writes fail, reads go on (WAL).
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable):
+            store.create_user("acme", new_user())
+        assert store.get_user("acme", user.id) == user
+        other.execute("COMMIT")
+        late = new_user()
+        store.create_user("acme", late)
+        assert store.get_user("acme", late.id) == late
+    finally:
+        other.close()
+        store.close()
+
+
+def test_mongodb_on_a_closed_port_fails_fast_on_open() -> None:
+    store = open_store(f"mongodb://127.0.0.1:{free_port()}/")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.open()
+    # Fail fast: the short server-selection timeout, not pymongo's default 30 s.
+    assert time.monotonic() - started < 15
+    with pytest.raises(StoreUnavailable):
+        store.ping()

@@ -1,0 +1,44 @@
+"""Reading what a caller sees from a failed call: status code, ErrorInfo reason, field violations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: dict[str, str]
+    fields: tuple[str, ...]  # BadRequest field violations
+
+
+def failure(error: grpc.RpcError) -> Failure:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, metadata, fields = "", {}, ()
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = tuple(v.field for v in bad.field_violations)
+    return Failure(error.code(), reason, error.details() or "", metadata, fields)  # type: ignore[attr-defined]
+
+
+def fails(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Failure:
+    """Run a stub call that must fail, and return what the caller sees."""
+    try:
+        call(*args, **kwargs)
+    except grpc.RpcError as error:
+        return failure(error)
+    raise AssertionError(f"{getattr(call, '_method', call)!r} succeeded but should have failed")
