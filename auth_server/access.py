@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from auth_client.gen.auth.v1 import access_pb2
 from google.protobuf.descriptor import FileDescriptor
 
-from auth_client.gen.auth.v1 import access_pb2
 from auth_server import errors
 from auth_server.config import TENANT_PATTERN, Settings
 from auth_server.errors import AuthError, Code, unauthenticated
@@ -120,7 +120,8 @@ class Guard(grpc.ServerInterceptor):
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method  # type: ignore[attr-defined]
@@ -152,7 +153,8 @@ class Guard(grpc.ServerInterceptor):
                 abort(context, AuthError(Code.INTERNAL, "INTERNAL", "Internal error."))
 
         return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer,
+            guarded,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -176,8 +178,9 @@ class Guard(grpc.ServerInterceptor):
         if not values:
             return self._settings.default_tenant
         if len(values) > 1 or not TENANT_PATTERN.match(values[0]):
-            raise AuthError(Code.INVALID_ARGUMENT, "TENANT_INVALID",
-                            "x-tenant-id must match ^[a-z0-9][a-z0-9_-]{0,62}$.")
+            raise AuthError(
+                Code.INVALID_ARGUMENT, "TENANT_INVALID", "x-tenant-id must match ^[a-z0-9][a-z0-9_-]{0,62}$."
+            )
         if values[0] not in self._settings.tenants:
             raise AuthError(Code.NOT_FOUND, "TENANT_NOT_FOUND", "Unknown tenant.")
         return values[0]

@@ -44,7 +44,8 @@ def mask_email(email: str) -> str:
 
 def _rate_limited(retry_after: int) -> AuthError:
     return AuthError(
-        Code.RESOURCE_EXHAUSTED, "RATE_LIMITED",
+        Code.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
         f"A code was sent moments ago; wait {retry_after} s before asking for another.",
         metadata={"retry_after_seconds": str(retry_after)},
     )
@@ -87,8 +88,14 @@ class Accounts:
         if violations:
             raise validation_failed(violations)
         user = User(
-            id=new_id(), username=username, email=email, name=name, phone=phone, role="user",
-            password_hash=self._hasher.hash(password), created_at=utcnow(),
+            id=new_id(),
+            username=username,
+            email=email,
+            name=name,
+            phone=phone,
+            role="user",
+            password_hash=self._hasher.hash(password),
+            created_at=utcnow(),
         )
         try:
             self._store.create_user(tenant, user)
@@ -102,14 +109,14 @@ class Accounts:
 
     def login(self, tenant: str, username_or_email: str, password: str) -> LoginStarted:
         identifier = username_or_email.strip().lower()
-        missing = [FieldViolation(f, "Required.") for f, v in
-                   (("username_or_email", identifier), ("password", password)) if not v]
+        missing = [
+            FieldViolation(f, "Required.")
+            for f, v in (("username_or_email", identifier), ("password", password))
+            if not v
+        ]
         if missing:
             raise validation_failed(missing)
-        user = (
-            self._store.find_user(tenant, identifier)
-            if len(identifier) <= validation.MAX_IDENTIFIER_CHARS else None
-        )
+        user = self._store.find_user(tenant, identifier) if len(identifier) <= validation.MAX_IDENTIFIER_CHARS else None
         now = utcnow()
         if user is None:
             self._hasher.verify_dummy()
@@ -122,7 +129,9 @@ class Accounts:
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         # Success resets the counters, unless a lock landed while we were hashing.
         user = self._store.update_user(
-            tenant, user.id, set={"failed_logins": 0, "lockouts": 0},
+            tenant,
+            user.id,
+            set={"failed_logins": 0, "lockouts": 0},
             expect={"admin_locked": False, "locked_until": user.locked_until},
         )
         if user is None:
@@ -135,21 +144,27 @@ class Accounts:
         if interval and last is not None and now - last < timedelta(seconds=interval):
             raise _rate_limited(interval - int((now - last).total_seconds()))
         # Claim the send slot atomically: of two concurrent logins only one mails a code.
-        if self._store.update_user(tenant, user.id, set={"last_otp_sent_at": now},
-                                   expect={"last_otp_sent_at": last}) is None:
+        if (
+            self._store.update_user(tenant, user.id, set={"last_otp_sent_at": now}, expect={"last_otp_sent_at": last})
+            is None
+        ):
             raise _rate_limited(interval)
         self._store.consume_challenges(tenant, user.id, now)  # only the newest code is valid
         code = otp.new_code()
         challenge_id = new_id()
         challenge = LoginChallenge(
-            id=challenge_id, user_id=user.id, otp_hash=otp.hash_code(self._keys, challenge_id, code),
-            created_at=now, expires_at=now + timedelta(seconds=self._settings.otp_ttl),
+            id=challenge_id,
+            user_id=user.id,
+            otp_hash=otp.hash_code(self._keys, challenge_id, code),
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._settings.otp_ttl),
         )
         self._store.create_challenge(tenant, challenge)
         minutes = max(1, self._settings.otp_ttl // 60)
         try:
             self._mailer.send(
-                user.email, "Your sign-in code",
+                user.email,
+                "Your sign-in code",
                 f"Your sign-in code is {code}\n\nIt expires in {minutes} minutes and works once.\n"
                 "If you did not try to sign in, change your password.\n",
             )
@@ -172,9 +187,11 @@ class Accounts:
         secret = secrets.token_urlsafe(32)
         token = f"{user.id}.{secret}"
         self._store.update_user(
-            tenant, user.id,
+            tenant,
+            user.id,
             set={
-                "locked_until": now + duration, "failed_logins": 0,
+                "locked_until": now + duration,
+                "failed_logins": 0,
                 "unlock_token_hash": self._keys.hash("unlock", token),
                 "unlock_token_expires_at": now + timedelta(seconds=self._settings.unlock_ttl),
             },
@@ -186,7 +203,8 @@ class Accounts:
         link = f"{self._settings.public_url}/api/v1/auth/unlock?token={token}"
         try:
             self._mailer.send(
-                user.email, "Your account was locked",
+                user.email,
+                "Your account was locked",
                 f"Too many failed sign-in attempts locked your account for {int(duration.total_seconds() // 60)} "
                 f"minutes.\nIf this was you, unlock it now:\n{link}\n",
             )
@@ -209,14 +227,19 @@ class Accounts:
         if counted is None:
             raise invalid
         if counted.attempts > self._settings.otp_max_attempts:
-            raise AuthError(Code.RESOURCE_EXHAUSTED, "OTP_ATTEMPTS_EXCEEDED",
-                            "Too many wrong codes; log in again for a new one.")
+            raise AuthError(
+                Code.RESOURCE_EXHAUSTED, "OTP_ATTEMPTS_EXCEEDED", "Too many wrong codes; log in again for a new one."
+            )
         if not otp.well_formed(code) or not self._keys.matches(challenge.otp_hash, "otp", login_id, code):
             left = self._settings.otp_max_attempts - counted.attempts
-            raise AuthError(Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.",
-                            metadata={"attempts_left": str(left)})
+            raise AuthError(
+                Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.", metadata={"attempts_left": str(left)}
+            )
         now = utcnow()
-        if self._store.update_challenge(tenant, login_id, set={"consumed_at": now}, expect={"consumed_at": None}) is None:
+        if (
+            self._store.update_challenge(tenant, login_id, set={"consumed_at": now}, expect={"consumed_at": None})
+            is None
+        ):
             raise invalid  # a parallel call redeemed it first: a code works once
         user = self._store.get_user(tenant, challenge.user_id)
         if user is None or user.is_locked(now):
@@ -239,7 +262,9 @@ class Accounts:
             raise validation_failed([FieldViolation("new_password", "Must differ from the current password.")])
         now = utcnow()
         changed = self._store.update_user(
-            caller.tenant, user.id, set={"password_hash": self._hasher.hash(new), "password_changed_at": now},
+            caller.tenant,
+            user.id,
+            set={"password_hash": self._hasher.hash(new), "password_changed_at": now},
             expect={"password_hash": user.password_hash},
         )
         if changed is None:  # changed concurrently by another session: make the caller retry
@@ -253,15 +278,18 @@ class Accounts:
             raise invalid
         user = self._store.get_user(tenant, user_id)
         if (
-            user is None or user.unlock_token_hash is None or user.unlock_token_expires_at is None
-            or user.unlock_token_expires_at <= utcnow() or not self._keys.matches(user.unlock_token_hash, "unlock", token)
+            user is None
+            or user.unlock_token_hash is None
+            or user.unlock_token_expires_at is None
+            or user.unlock_token_expires_at <= utcnow()
+            or not self._keys.matches(user.unlock_token_hash, "unlock", token)
         ):
             raise invalid
         unlocked = self._store.update_user(
-            tenant, user.id,
+            tenant,
+            user.id,
             set={"locked_until": None, "failed_logins": 0, "unlock_token_hash": None, "unlock_token_expires_at": None},
             expect={"unlock_token_hash": user.unlock_token_hash},
         )
         if unlocked is None:
             raise invalid  # redeemed concurrently: single use
-

@@ -75,9 +75,15 @@ class Admin:
     def unlock_user(self, caller: Caller, user_id: str) -> None:
         user = self._target(caller, user_id)
         self._store.update_user(
-            caller.tenant, user.id,
-            set={"admin_locked": False, "locked_until": None, "failed_logins": 0,
-                 "unlock_token_hash": None, "unlock_token_expires_at": None},
+            caller.tenant,
+            user.id,
+            set={
+                "admin_locked": False,
+                "locked_until": None,
+                "failed_logins": 0,
+                "unlock_token_hash": None,
+                "unlock_token_expires_at": None,
+            },
         )
 
     def set_role(self, caller: Caller, user_id: str, role: str) -> User:

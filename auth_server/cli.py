@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
+        level=settings.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
 

@@ -83,7 +83,9 @@ def check_store_uri(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "sqlite":
         if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
-            raise ConfigError(f"AUTH_STORE: expected sqlite:///relative/path or sqlite:////absolute/path, got {value!r}")
+            raise ConfigError(
+                f"AUTH_STORE: expected sqlite:///relative/path or sqlite:////absolute/path, got {value!r}"
+            )
     elif parts.scheme in ("mongodb", "mongodb+srv"):
         if not parts.netloc:
             raise ConfigError(f"AUTH_STORE: MongoDB URI has no host: {value!r}")
@@ -93,7 +95,7 @@ def check_store_uri(value: str) -> str:
 
 
 def sqlite_path(store_uri: str) -> Path | None:
-    return Path(store_uri[len("sqlite:///"):]) if store_uri.startswith("sqlite:///") else None
+    return Path(store_uri[len("sqlite:///") :]) if store_uri.startswith("sqlite:///") else None
 
 
 def check_smtp_url(value: str) -> str:

@@ -6,11 +6,27 @@ MAX_DEVICE_NAME = 100
 MAX_USER_AGENT = 512
 
 # Order matters: Edge and Opera user agents also say "Chrome", Chrome's also says "Safari".
-_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
-             ("Safari/", "Safari"), ("curl/", "curl"), ("grpcurl/", "grpcurl"), ("grpc-python", "gRPC Python"),
-             ("grpc-go", "gRPC Go"))
-_SYSTEMS = (("Windows", "Windows"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Android", "Android"),
-            ("Mac OS X", "macOS"), ("Macintosh", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+_BROWSERS = (
+    ("Edg/", "Edge"),
+    ("OPR/", "Opera"),
+    ("Firefox/", "Firefox"),
+    ("Chrome/", "Chrome"),
+    ("Safari/", "Safari"),
+    ("grpcurl/", "grpcurl"),
+    ("curl/", "curl"),
+    ("grpc-python", "gRPC Python"),
+    ("grpc-go", "gRPC Go"),
+)
+_SYSTEMS = (
+    ("Windows", "Windows"),
+    ("iPhone", "iOS"),
+    ("iPad", "iPadOS"),
+    ("Android", "Android"),
+    ("Mac OS X", "macOS"),
+    ("Macintosh", "macOS"),
+    ("CrOS", "ChromeOS"),
+    ("Linux", "Linux"),
+)
 
 
 def _clean(value: str, limit: int) -> str:

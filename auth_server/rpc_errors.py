@@ -19,10 +19,14 @@ def to_status_proto(error: AuthError) -> status_pb2.Status:
     details = [info]
     if error.violations:
         bad = any_pb2.Any()
-        bad.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
-        ]))
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
         details.append(bad)
     return status_pb2.Status(code=code_pb2.Code.Value(error.code.value), message=error.message, details=details)
 

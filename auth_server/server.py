@@ -14,10 +14,10 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.access import Guard, load_rules
 from auth_server.accounts import Accounts
 from auth_server.admin import Admin
@@ -63,7 +63,9 @@ class HealthMonitor:
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):
                 self._servicer.set(name, status)
-            (log.info if serving else log.error)("store %s", "reachable: SERVING" if serving else "unreachable: NOT_SERVING")
+            (log.info if serving else log.error)(
+                "store %s", "reachable: SERVING" if serving else "unreachable: NOT_SERVING"
+            )
             self._serving = serving
         return serving
 
@@ -119,7 +121,9 @@ def create_server(
         settings.bcrypt_rounds, settings.hash_concurrency, max_waiting=max(1, settings.grpc_threads // 2)
     )
     hasher.warm_up()
-    sessions = Sessions(store, settings, keys, AccessTokens(keys.jwt, keys.jwt, settings.access_ttl), RefreshTokens(keys.refresh))
+    sessions = Sessions(
+        store, settings, keys, AccessTokens(keys.jwt, keys.jwt, settings.access_ttl), RefreshTokens(keys.refresh)
+    )
     accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
 

@@ -161,7 +161,9 @@ class Sessions:
             return self._pair(tenant, session, current)
         if parsed.generation < session.refresh_generation:
             self._store.update_session(
-                tenant, session.id, set={"revoked_at": now, "revoke_reason": "refresh_token_reused"},
+                tenant,
+                session.id,
+                set={"revoked_at": now, "revoke_reason": "refresh_token_reused"},
                 expect={"revoked_at": None},
             )
             raise unauthenticated(
@@ -179,7 +181,9 @@ class Sessions:
         if session is None or session.user_id != caller.user.id:
             raise AuthError(Code.NOT_FOUND, "SESSION_NOT_FOUND", "No such session among yours.")
         revoked = self._store.update_session(
-            caller.tenant, session_id, set={"revoked_at": utcnow(), "revoke_reason": "logout"},
+            caller.tenant,
+            session_id,
+            set={"revoked_at": utcnow(), "revoke_reason": "logout"},
             expect={"revoked_at": None},
         )
         if revoked is None:
@@ -187,6 +191,9 @@ class Sessions:
 
     def logout_all(self, caller: Caller, keep_current: bool) -> int:
         return self._store.revoke_sessions(
-            caller.tenant, caller.user.id, utcnow(), "logout_all",
+            caller.tenant,
+            caller.user.id,
+            utcnow(),
+            "logout_all",
             except_id=caller.session.id if keep_current else None,
         )

@@ -14,7 +14,9 @@ from auth_server.passwords import MAX_PASSWORD_BYTES
 
 USERNAME = re.compile(r"^[a-z0-9._-]{3,32}$")
 # Deliberately simple (RFC 5322 is not what users type): one @, no spaces/controls, a dotted domain.
-EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+EMAIL = re.compile(
+    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{2,31}$")
 MIN_PASSWORD_CHARS = 10
 MAX_EMAIL_CHARS = 254

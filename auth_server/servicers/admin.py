@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc
+
 from auth_server.access import ROLE_NAMES, current_call
 from auth_server.admin import Admin
 from auth_server.servicers import convert
@@ -14,7 +14,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, admin: Admin) -> None:
         self._admin = admin
 
-    def ListUsers(self, request: admin_pb2.ListUsersRequest, context: grpc.ServicerContext) -> admin_pb2.ListUsersResponse:
+    def ListUsers(
+        self, request: admin_pb2.ListUsersRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListUsersResponse:
         caller = current_call().require_caller()
         users, next_token = self._admin.list_users(caller, request.page_size, request.page_token)
         return admin_pb2.ListUsersResponse(

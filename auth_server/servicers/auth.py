@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+
 from auth_server import devices
 from auth_server.access import current_call
 from auth_server.accounts import Accounts
@@ -28,7 +28,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def Login(self, request: auth_pb2.LoginRequest, context: grpc.ServicerContext) -> auth_pb2.LoginResponse:
         started = self._accounts.login(current_call().tenant, request.username_or_email, request.password)
         return auth_pb2.LoginResponse(
-            login_id=started.login_id, expires_at=convert.timestamp(started.expires_at),
+            login_id=started.login_id,
+            expires_at=convert.timestamp(started.expires_at),
             delivery_hint=started.delivery_hint,
         )
 
@@ -87,7 +88,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._sessions.logout(current_call().require_caller(), request.session_id)
         return auth_pb2.LogoutSessionResponse(session_id=request.session_id)
 
-    def LogoutAll(self, request: auth_pb2.LogoutAllRequest, context: grpc.ServicerContext) -> auth_pb2.LogoutAllResponse:
+    def LogoutAll(
+        self, request: auth_pb2.LogoutAllRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LogoutAllResponse:
         count = self._sessions.logout_all(current_call().require_caller(), request.keep_current)
         return auth_pb2.LogoutAllResponse(revoked_count=count)
 

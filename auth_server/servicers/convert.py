@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from auth_client.gen.auth.v1 import access_pb2, auth_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from auth_client.gen.auth.v1 import access_pb2, auth_pb2
 from auth_server.access import ROLE_NAMES
 from auth_server.clock import utcnow
 from auth_server.sessions import IssuedTokens
@@ -25,16 +25,26 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def user(record: User, tenant: str) -> auth_pb2.User:
     return auth_pb2.User(
-        id=record.id, username=record.username, email=record.email, name=record.name, phone=record.phone,
-        role=ROLE_VALUES.get(record.role, access_pb2.ROLE_UNSPECIFIED), locked=record.is_locked(utcnow()),
-        created_at=timestamp(record.created_at), tenant_id=tenant,
+        id=record.id,
+        username=record.username,
+        email=record.email,
+        name=record.name,
+        phone=record.phone,
+        role=ROLE_VALUES.get(record.role, access_pb2.ROLE_UNSPECIFIED),
+        locked=record.is_locked(utcnow()),
+        created_at=timestamp(record.created_at),
+        tenant_id=tenant,
     )
 
 
 def session(record: Session, current_id: str) -> auth_pb2.Session:
     return auth_pb2.Session(
-        id=record.id, device_name=record.device_name, ip_address=record.ip_address, user_agent=record.user_agent,
-        created_at=timestamp(record.created_at), last_activity=timestamp(record.last_activity),
+        id=record.id,
+        device_name=record.device_name,
+        ip_address=record.ip_address,
+        user_agent=record.user_agent,
+        created_at=timestamp(record.created_at),
+        last_activity=timestamp(record.last_activity),
         is_current=record.id == current_id,
     )
 

@@ -126,12 +126,14 @@ class _Tenant:
 class MongoStore:
     """The Store protocol over one MongoDB deployment, one database per tenant."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, **client_options: Any) -> None:
+        """No connection yet (see open()); `client_options` go to MongoClient, e.g. event_listeners."""
         self._uri = uri
         self._prefix = _database_prefix(uri)
         given = {key.lower() for key, _ in parse_qsl(uri.partition("?")[2])}
         # Options written in the URI win over our defaults.
         self._options: dict[str, Any] = {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
+        self._options.update(client_options)
         self._client: MongoClient[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}

@@ -66,9 +66,9 @@ class _Table:
             f"{name} {_SQL_TYPES[kind]}{'' if name in self.spec.nullable else ' NOT NULL'}"
             for name, kind in self.spec.kinds.items()
         ]
-        # WITHOUT ROWID: the (tenant, id) key is the table itself, not a second index beside a rowid.
-        keyed = f"{', '.join(cols)}, PRIMARY KEY (tenant, id)"
-        return f"CREATE TABLE IF NOT EXISTS {self.name} ({keyed}) WITHOUT ROWID"
+        # A rowid table on purpose: without statistics SQLite would search a WITHOUT ROWID table by
+        # the tenant prefix of its key rather than by the (tenant, user_id) indexes.
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(cols)}, PRIMARY KEY (tenant, id))"
 
     def select(self, condition: str) -> str:
         return f"SELECT {self.columns()} FROM {self.name} WHERE {condition}"  # noqa: S608
@@ -138,6 +138,11 @@ class SqliteStore:
         self._generation = 0  # bumped by close(); a thread's older connection is then stale
         self._open = False
 
+    @property
+    def path(self) -> str:
+        """The database file (the dev JWT secret, for one, is kept beside it)."""
+        return self._path
+
     # -- connection handling -------------------------------------------------------------------
 
     def open(self) -> None:
@@ -193,7 +198,8 @@ class SqliteStore:
         held = getattr(self._local, "held", None)
         self._local.held = None
         if held is not None:
-            self._connections.discard(held[1])
+            with self._lock:
+                self._connections.discard(held[1])
             held[1].close()
 
     @staticmethod
@@ -294,8 +300,12 @@ class SqliteStore:
     def find_user(self, tenant: str, username_or_email: str) -> User | None:
         # Should one user's username equal another's e-mail, the username match wins.
         rows, _ = self._execute(
-            _USERS.select("tenant = ? AND (username = ? OR email = ?) ORDER BY username = ? DESC LIMIT 1"),
-            (tenant, username_or_email, username_or_email, username_or_email),
+            # The tenant is repeated in each branch so each one can use its unique index.
+            _USERS.select(
+                "(tenant = ? AND username = ?) OR (tenant = ? AND email = ?)"
+                " ORDER BY username = ? DESC LIMIT 1"
+            ),
+            (tenant, username_or_email, tenant, username_or_email, username_or_email),
         )
         return _USERS.decode(rows[0]) if rows else None
 

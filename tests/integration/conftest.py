@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.config import load_settings
 from auth_server.server import App, create_server
 from tests.support.mail import SmtpSink
@@ -70,8 +70,9 @@ class Client:
         address = f"{username}@example.com"
         return self.smtp.last_code(address, count=len(self.smtp.to(address)) or 1)
 
-    def sign_in(self, username: str, tenant: str | None = None, device: str | None = None,
-                password: str = PASSWORD) -> auth_pb2.VerifyOtpResponse:
+    def sign_in(
+        self, username: str, tenant: str | None = None, device: str | None = None, password: str = PASSWORD
+    ) -> auth_pb2.VerifyOtpResponse:
         """Login, read the code from the mail, VerifyOtp: the tokens of a new session."""
         address = f"{username}@example.com"
         before = len(self.smtp.to(address))
@@ -98,16 +99,18 @@ def make_client(store_uri: str, smtp: SmtpSink) -> Iterator[Any]:
     channels: list[grpc.Channel] = []
 
     def make(**env: str) -> Client:
-        settings = load_settings({
-            "AUTH_STORE": store_uri,
-            "AUTH_GRPC_ADDR": "127.0.0.1:0",
-            "AUTH_JWT_SECRET": SECRET,
-            "AUTH_SMTP_URL": smtp.url,
-            "AUTH_BCRYPT_ROUNDS": "4",
-            "AUTH_TENANTS": "default,acme",
-            "AUTH_OTP_RESEND_INTERVAL": "0",
-            **env,
-        })
+        settings = load_settings(
+            {
+                "AUTH_STORE": store_uri,
+                "AUTH_GRPC_ADDR": "127.0.0.1:0",
+                "AUTH_JWT_SECRET": SECRET,
+                "AUTH_SMTP_URL": smtp.url,
+                "AUTH_BCRYPT_ROUNDS": "4",
+                "AUTH_TENANTS": "default,acme",
+                "AUTH_OTP_RESEND_INTERVAL": "0",
+                **env,
+            }
+        )
         app = create_server(settings, health_interval=0.2)
         apps.append(app)
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
+
 from auth_server.clock import utcnow
 from tests.integration.conftest import PASSWORD, Client, md
 from tests.support.mail import UNLOCK_IN_MAIL
@@ -16,10 +16,17 @@ from tests.support.rpc import fails
 
 
 def test_signup_creates_a_plain_user_and_refuses_duplicates(client: Client) -> None:
-    user = client.auth.Signup(auth_pb2.SignupRequest(
-        username="Alice", email="Alice@Example.com", password=PASSWORD, name="Alice A", phone="+44 20 1234"
-    )).user
-    assert (user.username, user.email, user.role, user.locked) == ("alice", "alice@example.com", access_pb2.ROLE_USER, False)
+    user = client.auth.Signup(
+        auth_pb2.SignupRequest(
+            username="Alice", email="Alice@Example.com", password=PASSWORD, name="Alice A", phone="+44 20 1234"
+        )
+    ).user
+    assert (user.username, user.email, user.role, user.locked) == (
+        "alice",
+        "alice@example.com",
+        access_pb2.ROLE_USER,
+        False,
+    )
     assert user.id and user.created_at.seconds > 0 and user.tenant_id == "default"
     again = auth_pb2.SignupRequest(username="ALICE", email="other@example.com", password=PASSWORD)
     failure = fails(client.auth.Signup, again)
@@ -56,7 +63,9 @@ def test_walkthrough_login_code_session_revoke(client: Client) -> None:
     sessions = client.auth.ListSessions(auth_pb2.ListSessionsRequest(), metadata=md(tokens.access_token)).sessions
     assert [(s.id, s.is_current) for s in sessions] == [(tokens.session_id, True)]
     assert sessions[0].device_name == "Chrome on Windows" and sessions[0].ip_address == "127.0.0.1"
-    client.auth.LogoutSession(auth_pb2.LogoutSessionRequest(session_id=tokens.session_id), metadata=md(tokens.access_token))
+    client.auth.LogoutSession(
+        auth_pb2.LogoutSessionRequest(session_id=tokens.session_id), metadata=md(tokens.access_token)
+    )
     failure = fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(tokens.access_token))
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")
     stored = client.store.get_session("default", tokens.session_id)
@@ -79,7 +88,10 @@ def test_otp_rules(client: Client) -> None:
     wrong = "000000" if code != "000000" else "111111"
     failure = fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=wrong))
     assert (failure.code, failure.reason, failure.metadata["attempts_left"]) == (
-        grpc.StatusCode.UNAUTHENTICATED, "OTP_INVALID", "4")
+        grpc.StatusCode.UNAUTHENTICATED,
+        "OTP_INVALID",
+        "4",
+    )
     assert client.store.get_challenge("default", login_id).attempts == 1
     # a newer login supersedes the older code
     newer_id = client.login("otto")
@@ -100,7 +112,10 @@ def test_otp_attempt_limit_even_for_the_right_code(client: Client) -> None:
     code = client.code_for("guesser")
     wrong = "000000" if code != "000000" else "111111"
     for _ in range(5):
-        assert fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=wrong)).reason == "OTP_INVALID"
+        assert (
+            fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=wrong)).reason
+            == "OTP_INVALID"
+        )
     failure = fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=code))
     assert (failure.code, failure.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OTP_ATTEMPTS_EXCEEDED")
 
@@ -114,7 +129,7 @@ def test_expired_code(client: Client) -> None:
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "OTP_EXPIRED")
 
 
-def test_codes_are_rate_limited_per_user(make_client) -> None:  # noqa: ANN001
+def test_codes_are_rate_limited_per_user(make_client) -> None:
     client = make_client(AUTH_OTP_RESEND_INTERVAL="30")
     client.signup("hasty")
     client.login("hasty")
@@ -134,8 +149,13 @@ def test_refresh_rotates_and_detects_reuse(client: Client) -> None:
     failure = fails(client.auth.Refresh, auth_pb2.RefreshRequest(refresh_token=first.refresh_token))
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REFRESH_TOKEN_REUSED")
     # after theft even the newest tokens of the session are dead
-    assert fails(client.auth.Refresh, auth_pb2.RefreshRequest(refresh_token=second.refresh_token)).reason == "SESSION_REVOKED"
-    assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(second.access_token)).reason == "SESSION_REVOKED"
+    assert (
+        fails(client.auth.Refresh, auth_pb2.RefreshRequest(refresh_token=second.refresh_token)).reason
+        == "SESSION_REVOKED"
+    )
+    assert (
+        fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(second.access_token)).reason == "SESSION_REVOKED"
+    )
 
 
 def test_forged_refresh_token_does_not_revoke_the_victim(client: Client) -> None:
@@ -172,7 +192,7 @@ def test_concurrent_refresh_has_exactly_one_winner(client: Client) -> None:
     assert set(outcomes) - {"ok"} <= {"REFRESH_TOKEN_REUSED", "SESSION_REVOKED"}
 
 
-def test_refresh_grace_returns_the_same_pair(make_client) -> None:  # noqa: ANN001
+def test_refresh_grace_returns_the_same_pair(make_client) -> None:
     client = make_client(AUTH_REFRESH_GRACE="30")
     client.signup("mobile")
     first = client.sign_in("mobile")
@@ -183,7 +203,9 @@ def test_refresh_grace_returns_the_same_pair(make_client) -> None:  # noqa: ANN0
     # the grandparent is theft even inside the grace window
     failure = fails(client.auth.Refresh, auth_pb2.RefreshRequest(refresh_token=first.refresh_token))
     assert failure.reason == "REFRESH_TOKEN_REUSED"
-    assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(third.access_token)).reason == "SESSION_REVOKED"
+    assert (
+        fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(third.access_token)).reason == "SESSION_REVOKED"
+    )
 
 
 def test_devices_logout_one_and_all(client: Client) -> None:
@@ -197,38 +219,56 @@ def test_devices_logout_one_and_all(client: Client) -> None:
     assert {s.device_name for s in listed} == {"Phone", "Laptop", "Tablet"}
     assert [s.is_current for s in listed if s.device_name == "Laptop"] == [True]
     # another user's session: not found, and untouched
-    failure = fails(client.auth.LogoutSession, auth_pb2.LogoutSessionRequest(session_id=other.session_id),
-                    metadata=md(laptop.access_token))
+    failure = fails(
+        client.auth.LogoutSession,
+        auth_pb2.LogoutSessionRequest(session_id=other.session_id),
+        metadata=md(laptop.access_token),
+    )
     assert (failure.code, failure.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
     assert client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(other.access_token)).user.username == "other"
-    client.auth.LogoutSession(auth_pb2.LogoutSessionRequest(session_id=phone.session_id), metadata=md(laptop.access_token))
-    failure = fails(client.auth.LogoutSession, auth_pb2.LogoutSessionRequest(session_id=phone.session_id),
-                    metadata=md(laptop.access_token))
+    client.auth.LogoutSession(
+        auth_pb2.LogoutSessionRequest(session_id=phone.session_id), metadata=md(laptop.access_token)
+    )
+    failure = fails(
+        client.auth.LogoutSession,
+        auth_pb2.LogoutSessionRequest(session_id=phone.session_id),
+        metadata=md(laptop.access_token),
+    )
     assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_ALREADY_REVOKED")
     kept = client.auth.LogoutAll(auth_pb2.LogoutAllRequest(keep_current=True), metadata=md(laptop.access_token))
     assert kept.revoked_count == 1
-    assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(tablet.access_token)).reason == "SESSION_REVOKED"
+    assert (
+        fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(tablet.access_token)).reason == "SESSION_REVOKED"
+    )
     assert client.auth.LogoutAll(auth_pb2.LogoutAllRequest(), metadata=md(laptop.access_token)).revoked_count == 1
-    assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(laptop.access_token)).reason == "SESSION_REVOKED"
+    assert (
+        fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(laptop.access_token)).reason == "SESSION_REVOKED"
+    )
 
 
 def test_change_password_revokes_every_session(client: Client) -> None:
     client.signup("pat")
     one = client.sign_in("pat")
     client.sign_in("pat")
-    failure = fails(client.auth.ChangePassword, auth_pb2.ChangePasswordRequest(
-        current_password="wrong password", new_password="a brand new secret"), metadata=md(one.access_token))
+    failure = fails(
+        client.auth.ChangePassword,
+        auth_pb2.ChangePasswordRequest(current_password="wrong password", new_password="a brand new secret"),
+        metadata=md(one.access_token),
+    )
     assert failure.reason == "INVALID_CREDENTIALS"
-    changed = client.auth.ChangePassword(auth_pb2.ChangePasswordRequest(
-        current_password=PASSWORD, new_password="a brand new secret"), metadata=md(one.access_token))
+    changed = client.auth.ChangePassword(
+        auth_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password="a brand new secret"),
+        metadata=md(one.access_token),
+    )
     assert changed.revoked_count == 2
     assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(one.access_token)).reason == "SESSION_REVOKED"
     assert fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="pat", password=PASSWORD)).reason == (
-        "INVALID_CREDENTIALS")
+        "INVALID_CREDENTIALS"
+    )
     assert client.sign_in("pat", password="a brand new secret").access_token
 
 
-def test_lockout_unlock_mail_and_single_use_token(make_client) -> None:  # noqa: ANN001
+def test_lockout_unlock_mail_and_single_use_token(make_client) -> None:
     client = make_client(AUTH_LOCKOUT_THRESHOLD="3")
     client.signup("locky")
     session = client.sign_in("locky")
@@ -237,7 +277,9 @@ def test_lockout_unlock_mail_and_single_use_token(make_client) -> None:  # noqa:
     failure = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="locky", password=PASSWORD))
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ACCOUNT_LOCKED")
     assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(session.access_token)).reason in (
-        "SESSION_REVOKED", "ACCOUNT_LOCKED")
+        "SESSION_REVOKED",
+        "ACCOUNT_LOCKED",
+    )
     mail = next(m for m in client.smtp.to("locky@example.com") if "locked" in m.subject)
     token = UNLOCK_IN_MAIL.search(mail.body).group(1)
     client.auth.UnlockAccount(auth_pb2.UnlockAccountRequest(token=token))
@@ -246,7 +288,7 @@ def test_lockout_unlock_mail_and_single_use_token(make_client) -> None:  # noqa:
     assert client.store.find_user("default", "locky").failed_logins == 0
 
 
-def test_parallel_wrong_passwords_are_all_counted(make_client) -> None:  # noqa: ANN001
+def test_parallel_wrong_passwords_are_all_counted(make_client) -> None:
     client = make_client(AUTH_LOCKOUT_THRESHOLD="100")
     client.signup("target")
     barrier = threading.Barrier(8)
@@ -277,18 +319,30 @@ def test_admin_lists_locks_unlocks_and_sets_roles(client: Client) -> None:
     victim = client.sign_in("usr2")
     page = client.admin.ListUsers(admin_pb2.ListUsersRequest(page_size=2), metadata=md(admin))
     assert [u.username for u in page.users] == ["root", "usr1"] and page.next_page_token
-    rest = client.admin.ListUsers(admin_pb2.ListUsersRequest(page_size=2, page_token=page.next_page_token),
-                                  metadata=md(admin))
+    rest = client.admin.ListUsers(
+        admin_pb2.ListUsersRequest(page_size=2, page_token=page.next_page_token), metadata=md(admin)
+    )
     assert [u.username for u in rest.users] == ["usr2", "usr3"] and rest.next_page_token == ""
     u2 = rest.users[0]
-    assert client.admin.LockUser(admin_pb2.LockUserRequest(user_id=u2.id, reason="abuse"), metadata=md(admin)).revoked_count == 1
+    assert (
+        client.admin.LockUser(
+            admin_pb2.LockUserRequest(user_id=u2.id, reason="abuse"), metadata=md(admin)
+        ).revoked_count
+        == 1
+    )
     assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(victim.access_token)).reason in (
-        "SESSION_REVOKED", "ACCOUNT_LOCKED")
-    assert fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="usr2", password=PASSWORD)).reason == "ACCOUNT_LOCKED"
+        "SESSION_REVOKED",
+        "ACCOUNT_LOCKED",
+    )
+    assert (
+        fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="usr2", password=PASSWORD)).reason
+        == "ACCOUNT_LOCKED"
+    )
     client.admin.UnlockUser(admin_pb2.UnlockUserRequest(user_id=u2.id), metadata=md(admin))
     assert client.sign_in("usr2").access_token
-    promoted = client.admin.SetUserRole(admin_pb2.SetUserRoleRequest(user_id=u2.id, role=access_pb2.ROLE_MANAGER),
-                                        metadata=md(admin))
+    promoted = client.admin.SetUserRole(
+        admin_pb2.SetUserRoleRequest(user_id=u2.id, role=access_pb2.ROLE_MANAGER), metadata=md(admin)
+    )
     assert promoted.user.role == access_pb2.ROLE_MANAGER
     missing = fails(client.admin.LockUser, admin_pb2.LockUserRequest(user_id="0" * 32), metadata=md(admin))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
@@ -299,8 +353,11 @@ def test_the_last_admin_cannot_lock_or_demote_themselves(client: Client) -> None
     me = client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(admin)).user
     failure = fails(client.admin.LockUser, admin_pb2.LockUserRequest(user_id=me.id), metadata=md(admin))
     assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LAST_ADMIN")
-    failure = fails(client.admin.SetUserRole, admin_pb2.SetUserRoleRequest(user_id=me.id, role=access_pb2.ROLE_USER),
-                    metadata=md(admin))
+    failure = fails(
+        client.admin.SetUserRole,
+        admin_pb2.SetUserRoleRequest(user_id=me.id, role=access_pb2.ROLE_USER),
+        metadata=md(admin),
+    )
     assert failure.reason == "LAST_ADMIN"
     assert client.store.find_user("default", "solo").role == "admin"
 
@@ -327,8 +384,11 @@ def test_tenants_are_isolated(client: Client) -> None:
     assert acme_me.id != default_me.id and acme_me.tenant_id == "acme"
     sessions = client.auth.ListSessions(auth_pb2.ListSessionsRequest(), metadata=md(acme.access_token, "acme")).sessions
     assert [s.id for s in sessions] == [acme.session_id]
-    failure = fails(client.auth.LogoutSession, auth_pb2.LogoutSessionRequest(session_id=default.session_id),
-                    metadata=md(acme.access_token, "acme"))
+    failure = fails(
+        client.auth.LogoutSession,
+        auth_pb2.LogoutSessionRequest(session_id=default.session_id),
+        metadata=md(acme.access_token, "acme"),
+    )
     assert failure.reason == "SESSION_NOT_FOUND"
 
 

@@ -9,9 +9,9 @@ import time
 import grpc
 import jwt
 import pytest
+from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
 from google.protobuf import descriptor_pool
 
-from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
 from auth_server.access import AccessRuleError, load_rules
 from auth_server.keys import KeyRing
 from tests.integration.conftest import SECRET, Client, md
@@ -60,8 +60,10 @@ def test_forged_tokens_are_rejected(client: Client) -> None:
     claims = {"session_id": sid, "type": "access", "iat": now, "exp": now + 600}
     right_key = KeyRing.from_secret(SECRET.encode()).jwt
     none_token = (
-        base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode() + "."
-        + base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode() + "."
+        base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+        + "."
+        + base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        + "."
     )
     cases = {
         "other key": _forge(claims, b"k" * 32),
@@ -153,7 +155,7 @@ def test_a_service_without_rules_makes_the_server_refuse_to_start() -> None:
     file.message_type.add(name="Empty")
     service = file.service.add(name="OpenService")
     service.method.add(name="Leak", input_type=".x.v1.Empty", output_type=".x.v1.Empty")
-    with pytest.raises(AccessRuleError, match="/x.v1.OpenService/Leak declares no"):
+    with pytest.raises(AccessRuleError, match=r"/x\.v1\.OpenService/Leak declares no"):
         load_rules([pool.Add(file) or pool.FindFileByName("x/v1/x.proto")])
 
 

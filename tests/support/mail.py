@@ -44,7 +44,7 @@ class SmtpSink:
     def stop(self) -> None:
         self._controller.stop()
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 (aiosmtpd's hook)
+    async def handle_DATA(self, server, session, envelope) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
         body = message.get_body(("plain",))
         mail = Mail(to=envelope.rcpt_tos[0], subject=str(message["subject"]), body=body.get_content() if body else "")
