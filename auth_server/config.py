@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_SECRET_BYTES = 32
 DEFAULT_STORE = "sqlite:///var/auth.db"
+JWT_ALGORITHMS = ("HS256", "ES256", "EdDSA")
 
 
 class ConfigError(Exception):
@@ -54,6 +55,9 @@ class Settings:
     shutdown_grace: float = 10.0  # AUTH_SHUTDOWN_GRACE seconds for in-flight calls on SIGTERM
     log_level: str = "INFO"  # AUTH_LOG_LEVEL
     dev_secret_file: str | None = None  # where a generated dev secret lives (None: given by env)
+    jwt_algorithm: str = "HS256"  # AUTH_JWT_ALGORITHM: HS256 (key from the secret), ES256 or EdDSA
+    jwt_private_key_file: str | None = None  # AUTH_JWT_PRIVATE_KEY_FILE: PEM key for ES256/EdDSA
+    jwt_key_id: str | None = None  # AUTH_JWT_KEY_ID: `kid` header of asymmetric tokens
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -174,7 +178,18 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     except ValueError:
         raise ConfigError("AUTH_SHUTDOWN_GRACE: expected a number of seconds") from None
     secret, secret_file = _jwt_secret(env, store_uri)
+    algorithm = env.get("AUTH_JWT_ALGORITHM") or "HS256"
+    if algorithm not in JWT_ALGORITHMS:
+        raise ConfigError(f"AUTH_JWT_ALGORITHM: expected one of {', '.join(JWT_ALGORITHMS)}, got {algorithm!r}")
+    key_file = env.get("AUTH_JWT_PRIVATE_KEY_FILE") or None
+    if (algorithm != "HS256") != bool(key_file):
+        raise ConfigError("AUTH_JWT_PRIVATE_KEY_FILE: required with ES256/EdDSA, and only with them")
+    if key_file and not Path(key_file).is_file():
+        raise ConfigError(f"AUTH_JWT_PRIVATE_KEY_FILE: no such file {key_file!r}")
     return Settings(
+        jwt_algorithm=algorithm,
+        jwt_private_key_file=key_file,
+        jwt_key_id=env.get("AUTH_JWT_KEY_ID") or None,
         grpc_addr=check_addr("AUTH_GRPC_ADDR", env.get("AUTH_GRPC_ADDR") or "127.0.0.1:50051"),
         http_addr=check_addr("AUTH_HTTP_ADDR", env.get("AUTH_HTTP_ADDR") or "127.0.0.1:8080"),
         store_uri=store_uri,

@@ -12,6 +12,7 @@ import logging
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
@@ -30,7 +31,7 @@ from auth_server.servicers.auth import AuthServicer
 from auth_server.sessions import Sessions
 from auth_server.store import open_store
 from auth_server.store.base import Store, StoreUnavailable
-from auth_server.tokens import AccessTokens, RefreshTokens
+from auth_server.tokens import RefreshTokens, access_tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,15 @@ def create_server(
         settings.bcrypt_rounds, settings.hash_concurrency, max_waiting=max(1, settings.grpc_threads // 2)
     )
     hasher.warm_up()
-    sessions = Sessions(
-        store, settings, keys, AccessTokens(keys.jwt, keys.jwt, settings.access_ttl), RefreshTokens(keys.refresh)
+    key_file = settings.jwt_private_key_file
+    access_tokens = access_tokens_for(
+        settings.jwt_algorithm,
+        keys.jwt,
+        Path(key_file).read_bytes() if key_file else None,
+        settings.jwt_key_id,
+        settings.access_ttl,
     )
+    sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh))
     accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
 

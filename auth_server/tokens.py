@@ -98,6 +98,20 @@ class AccessTokens:
         )
 
 
+def access_tokens_for(
+    algorithm: str, hmac_key: bytes, private_key_pem: bytes | None, kid: str | None, ttl: int
+) -> AccessTokens:
+    """HS256 with the derived key, or ES256/EdDSA with a PEM private key (verified with its public half)."""
+    if algorithm == "HS256":
+        return AccessTokens(hmac_key, hmac_key, ttl)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if private_key_pem is None:
+        raise ValueError(f"{algorithm} needs a private key")
+    private_key = load_pem_private_key(private_key_pem, password=None)
+    return AccessTokens(private_key, private_key.public_key(), ttl, algorithm=algorithm, kid=kid)
+
+
 @dataclass(frozen=True)
 class RefreshToken:
     session_id: str

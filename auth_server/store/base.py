@@ -26,7 +26,7 @@ class StoreUnavailable(StoreError):
 
 
 class DuplicateKey(StoreError):
-    """A unique field already holds this value in the tenant; `field` names it ("username", "email")."""
+    """A unique field already holds this value in the tenant; `field` names it ("username", "email", "id")."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"duplicate {field}")
@@ -99,8 +99,11 @@ class Store(Protocol):
     `update_*` methods are conditional atomic updates: `set` assigns fields, `inc` adds to integer
     fields, and the update happens only if every field in `expect` currently equals the given value
     (None matches an unset field). They return the record as it is after the update, or None when
-    the record does not exist or an expectation failed. Any failure to reach the database raises
-    StoreUnavailable.
+    the record does not exist or an expectation failed; with neither `set` nor `inc` they are a
+    conditional read. A field name that is not the record's, the id, a field both set and
+    incremented, or a value of the wrong kind (naive datetimes included) raises ValueError and
+    changes nothing. Any failure to reach the database raises StoreUnavailable, as does any call
+    after close() (open() may be called again).
     """
 
     def open(self) -> None:
@@ -116,15 +119,21 @@ class Store(Protocol):
 
     # users
     def create_user(self, tenant: str, user: User) -> None:
-        """Insert; DuplicateKey("username"|"email") when either is taken in the tenant."""
+        """Insert; DuplicateKey("username"|"email") when either is taken in the tenant ("id" if the id is)."""
 
     def get_user(self, tenant: str, user_id: str) -> User | None: ...
 
     def find_user(self, tenant: str, username_or_email: str) -> User | None:
-        """The user whose normalised username or e-mail equals the (already normalised) argument."""
+        """The user whose normalised username or e-mail equals the (already normalised) argument.
+
+        Should one user's username equal another's e-mail, the username match wins.
+        """
 
     def list_users(self, tenant: str, after_id: str | None, limit: int) -> list[User]:
-        """Users ordered by id (ids sort by creation time), those with id > after_id, at most limit."""
+        """Users ordered by id (ids sort by creation time), those with id > after_id, at most limit.
+
+        A limit of 0 or less gives an empty list (MongoDB would read 0 as "no limit").
+        """
 
     def count_users(self, tenant: str, role: str) -> int: ...
 
@@ -144,7 +153,10 @@ class Store(Protocol):
     def get_session(self, tenant: str, session_id: str) -> Session | None: ...
 
     def get_session_and_user(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
-        """The session and its user in as few round trips as the database allows (the guard's path)."""
+        """The session and its user in as few round trips as the database allows (the guard's path).
+
+        None when the session or its user does not exist.
+        """
 
     def list_active_sessions(self, tenant: str, user_id: str, now: datetime) -> list[Session]:
         """Not revoked and not expired, newest last_activity first."""

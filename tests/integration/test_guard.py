@@ -188,3 +188,37 @@ def test_an_undeclared_method_is_denied_to_anonymous_callers() -> None:
         assert ran == []
     finally:
         server.stop(0)
+
+
+def test_asymmetric_signing_pins_the_algorithm(make_client, tmp_path) -> None:
+    """ES256 with a kid; an HS256 token whose HMAC key is the public key (alg confusion) is refused."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tmp_path / "jwt.pem").write_bytes(pem)
+    client = make_client(
+        AUTH_JWT_ALGORITHM="ES256", AUTH_JWT_PRIVATE_KEY_FILE=str(tmp_path / "jwt.pem"), AUTH_JWT_KEY_ID="k1"
+    )
+    client.signup("asym")
+    tokens = client.sign_in("asym")
+    assert jwt.get_unverified_header(tokens.access_token) == {"alg": "ES256", "typ": "at+jwt", "kid": "k1"}
+    assert client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(tokens.access_token)).user.username == "asym"
+
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = (
+        b64(b'{"alg":"HS256","typ":"at+jwt"}') + "." + b64(json.dumps(_payload(tokens.access_token)).encode())
+    )
+    forged = signing_input + "." + b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
+    failure = fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(forged))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
