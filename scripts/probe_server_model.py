@@ -590,6 +590,9 @@ class Probe:
                 if time.monotonic() + per_run > self.deadline:
                     log(f"time budget reached; skipping {case.key} round {rep + 1}")
                     continue
+                waited = _wait_quiet(min(self.args.quiet_wait, self.deadline - time.monotonic() - per_run))
+                if waited is not None:
+                    log(f"  machine still busy after {waited:.0f}s wait; measuring anyway")
                 try:
                     r = self.measure(case)
                 # Keep going: one broken variant must not hide the others.
@@ -639,6 +642,22 @@ def _cpu_seconds(*pids: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_quiet(max_wait: float, threshold: float = 0.25, step: float = 0.5) -> float | None:
+    """Wait until other processes use under `threshold` cores (sampled over `step` s).
+
+    Returns None once quiet, or the seconds waited if it never got quiet within `max_wait`.
+    Between runs nothing of this probe is busy, so whatever is busy is someone else.
+    """
+    start = time.monotonic()
+    while True:
+        before = _machine_busy_seconds()
+        time.sleep(step)
+        if (_machine_busy_seconds() - before) / step < threshold:
+            return None
+        if time.monotonic() - start >= max_wait:
+            return time.monotonic() - start
 
 
 def _machine_busy_seconds() -> float:
@@ -838,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per run")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (median is reported)")
     parser.add_argument("--budget", type=float, default=480, help="stop starting runs after this")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=8, help="wait up to this long for other load to settle before a run"
+    )
     parser.add_argument("--only", nargs="*", help="case key prefixes, e.g. a b-aio d")
     parser.add_argument("--ghz", help="path of ghz")
     parser.add_argument("--ferretdb", help="path of the FerretDB binary")

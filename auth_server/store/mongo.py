@@ -7,10 +7,17 @@ A conditional update is one `find_one_and_update` with the expected values in it
 atomic operation on one document, never read-modify-write. Nothing relies on transactions, $lookup
 or TTL, which FerretDB 1.24 (the test server) does not provide; TTL indexes are cleanup only and are
 created when the server accepts them.
+
+FerretDB 1.24 is the exception to "atomic": it runs findAndModify and multi-updates as a read, then a
+write of the whole document by _id (FerretDB#3040), so two concurrent updates can both pass their
+filter and one write is lost. When `open()` finds FerretDB (buildInfo.ferretdbVersion) every write
+of this process goes through one lock, which restores one-winner semantics for a single server
+process; several replicas against one FerretDB would still race, so production runs on MongoDB.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -137,6 +144,7 @@ class MongoStore:
         self._client: MongoClient[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
+        self._write_lock: threading.Lock | None = None  # set when the server is FerretDB (see above)
 
     def database_for(self, tenant: str) -> str:
         """The name of the tenant's database (for operators and test clean-up)."""
@@ -154,9 +162,21 @@ class MongoStore:
                     raise StoreUnavailable(f"MongoDB unavailable: {_redact(str(exc), self._uri)}") from exc
         try:
             self.ping()
+            self._write_lock = threading.Lock() if self._is_ferretdb() else None
         except StoreUnavailable:
             self.close()
             raise
+
+    def _is_ferretdb(self) -> bool:
+        assert self._client is not None
+        try:
+            return "ferretdbVersion" in self._client.admin.command("buildInfo")
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB unavailable: {exc}") from exc
+
+    def _writing(self) -> contextlib.AbstractContextManager[Any]:
+        """Serialise writes on a server whose single-document updates are not atomic (FerretDB)."""
+        return self._write_lock or contextlib.nullcontext()
 
     def close(self) -> None:
         with self._lock:
@@ -198,8 +218,8 @@ class MongoStore:
 
     # -- shared operations -----------------------------------------------------------------------
 
-    @staticmethod
     def _update(
+        self,
         collection: Collection[dict[str, Any]],
         spec: RecordSpec,
         record_id: str,
@@ -213,9 +233,9 @@ class MongoStore:
         update = {op: dict(values) for op, values in (("$set", set), ("$inc", inc)) if values}
         if not update:  # nothing to change: a conditional read
             return _record(spec, collection.find_one(query))
-        return _record(
-            spec, collection.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
-        )
+        with self._writing():
+            document = collection.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        return _record(spec, document)
 
     # -- users -----------------------------------------------------------------------------------
 
@@ -311,9 +331,9 @@ class MongoStore:
         query: dict[str, Any] = {"user_id": user_id, "revoked_at": None}
         if except_id is not None:
             query["_id"] = {"$ne": except_id}
-        result = self._tenant(tenant).sessions.update_many(
-            query, {"$set": {"revoked_at": now, "revoke_reason": reason}}
-        )
+        sessions = self._tenant(tenant).sessions
+        with self._writing():
+            result = sessions.update_many(query, {"$set": {"revoked_at": now, "revoke_reason": reason}})
         return result.modified_count
 
     # -- login challenges ------------------------------------------------------------------------
@@ -341,9 +361,9 @@ class MongoStore:
 
     @_unavailable_on_connection_failure
     def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
-        result = self._tenant(tenant).challenges.update_many(
-            {"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}}
-        )
+        challenges = self._tenant(tenant).challenges
+        with self._writing():
+            result = challenges.update_many({"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}})
         return result.modified_count
 
 

@@ -23,7 +23,7 @@ from auth_server.store import DuplicateKey, Store, StoreUnavailable, open_store
 from auth_server.store.base import replace
 from auth_server.store.mongo import MongoStore
 from auth_server.store.sqlite import SqliteStore
-from tests.support.ferretdb import FERRETDB_NOT_ATOMIC, free_port, is_ferretdb
+from tests.support.ferretdb import free_port
 from tests.support.records import new_challenge, new_id, new_session, new_user, utcnow
 
 
@@ -57,12 +57,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, tenant: str, other_ten
         with MongoClient(uri) as client:  # leave nothing behind on a shared server
             for name in (tenant, other_tenant):
                 client.drop_database(opened.database_for(name))
-
-
-def _needs_atomic_server(request: pytest.FixtureRequest, store: Store) -> None:
-    """Race tests expect MongoDB's single-document atomicity, which FerretDB 1.24 lacks."""
-    if isinstance(store, MongoStore) and is_ferretdb(request.getfixturevalue("mongodb_uri")):
-        request.applymarker(pytest.mark.xfail(reason=FERRETDB_NOT_ATOMIC, strict=False))
 
 
 def _in_parallel(count: int, work: Callable[[], Any]) -> list[Any]:
@@ -133,9 +127,7 @@ def test_find_user_by_username_or_email(store: Store, tenant: str) -> None:
 
 
 @pytest.mark.parametrize("field", ["username", "email"])
-def test_duplicate_username_or_email_is_refused_and_writes_nothing(
-    store: Store, tenant: str, field: str
-) -> None:
+def test_duplicate_username_or_email_is_refused_and_writes_nothing(store: Store, tenant: str, field: str) -> None:
     first = new_user(role="manager")
     store.create_user(tenant, first)
     clash = new_user(role="manager", **{field: getattr(first, field)})
@@ -194,9 +186,7 @@ def test_update_with_failed_expectation_returns_none_and_changes_nothing(store: 
     assert store.update_user(tenant, user.id, set={"role": "admin"}, expect={"failed_logins": 1}) is None
     assert store.update_user(tenant, user.id, inc={"lockouts": 1}, expect={"role": "manager"}) is None
     assert store.get_user(tenant, user.id) == user
-    done = store.update_user(
-        tenant, user.id, set={"role": "admin"}, expect={"failed_logins": 2, "role": "user"}
-    )
+    done = store.update_user(tenant, user.id, set={"role": "admin"}, expect={"failed_logins": 2, "role": "user"})
     assert done == replace(user, role="admin")
 
 
@@ -204,17 +194,11 @@ def test_expect_none_matches_only_an_unset_field(store: Store, tenant: str) -> N
     user = new_user()
     store.create_user(tenant, user)
     token = b"unlock-hash"
-    first = store.update_user(
-        tenant, user.id, set={"unlock_token_hash": token}, expect={"unlock_token_hash": None}
-    )
+    first = store.update_user(tenant, user.id, set={"unlock_token_hash": token}, expect={"unlock_token_hash": None})
     assert first is not None and first.unlock_token_hash == token
-    again = store.update_user(
-        tenant, user.id, set={"unlock_token_hash": b"x"}, expect={"unlock_token_hash": None}
-    )
+    again = store.update_user(tenant, user.id, set={"unlock_token_hash": b"x"}, expect={"unlock_token_hash": None})
     assert again is None
-    redeemed = store.update_user(
-        tenant, user.id, set={"unlock_token_hash": None}, expect={"unlock_token_hash": token}
-    )
+    redeemed = store.update_user(tenant, user.id, set={"unlock_token_hash": None}, expect={"unlock_token_hash": token})
     assert redeemed is not None and redeemed.unlock_token_hash is None
 
 
@@ -247,9 +231,7 @@ def test_update_of_unknown_record_is_none(store: Store, tenant: str) -> None:
         {"set": {"failed_logins": 1}, "inc": {"failed_logins": 1}},
     ],
 )
-def test_bad_updates_are_refused_and_change_nothing(
-    store: Store, tenant: str, change: dict[str, Any]
-) -> None:
+def test_bad_updates_are_refused_and_change_nothing(store: Store, tenant: str, change: dict[str, Any]) -> None:
     user = new_user()
     store.create_user(tenant, user)
     with pytest.raises(ValueError):
@@ -288,12 +270,8 @@ def test_update_session_compare_and_set(store: Store, tenant: str) -> None:
         inc={"refresh_generation": 1},
         expect={"refresh_generation": 0, "refresh_hash": session.refresh_hash, "revoked_at": None},
     )
-    assert rotated == replace(
-        session, refresh_hash=b"new", rotated_at=later, last_activity=later, refresh_generation=1
-    )
-    stale = store.update_session(
-        tenant, session.id, inc={"refresh_generation": 1}, expect={"refresh_generation": 0}
-    )
+    assert rotated == replace(session, refresh_hash=b"new", rotated_at=later, last_activity=later, refresh_generation=1)
+    stale = store.update_session(tenant, session.id, inc={"refresh_generation": 1}, expect={"refresh_generation": 0})
     assert stale is None
     assert store.get_session(tenant, session.id) == rotated
 
@@ -308,20 +286,14 @@ def test_revoke_sessions_counts_and_spares_the_exception(store: Store, tenant: s
     keep = sessions[0]
     assert store.revoke_sessions(tenant, user_id, now, "logout_all", except_id=keep.id) == 2
     for session in sessions[1:]:
-        assert store.get_session(tenant, session.id) == replace(
-            session, revoked_at=now, revoke_reason="logout_all"
-        )
+        assert store.get_session(tenant, session.id) == replace(session, revoked_at=now, revoke_reason="logout_all")
     assert store.get_session(tenant, keep.id) == keep
     assert store.get_session(tenant, bystander.id) == bystander
     later = now + timedelta(seconds=1)
     # Already revoked sessions keep their first revocation; only the spared one is counted now.
     assert store.revoke_sessions(tenant, user_id, later, "password_changed") == 1
-    assert store.get_session(tenant, keep.id) == replace(
-        keep, revoked_at=later, revoke_reason="password_changed"
-    )
-    assert store.get_session(tenant, sessions[1].id) == replace(
-        sessions[1], revoked_at=now, revoke_reason="logout_all"
-    )
+    assert store.get_session(tenant, keep.id) == replace(keep, revoked_at=later, revoke_reason="password_changed")
+    assert store.get_session(tenant, sessions[1].id) == replace(sessions[1], revoked_at=now, revoke_reason="logout_all")
     assert store.revoke_sessions(tenant, user_id, later, "again") == 0
 
 
@@ -353,14 +325,9 @@ def test_challenge_round_trip_and_attempts(store: Store, tenant: str) -> None:
     )
     assert tried == replace(challenge, attempts=1)
     now = utcnow()
-    used = store.update_challenge(
-        tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None}
-    )
+    used = store.update_challenge(tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None})
     assert used == replace(challenge, attempts=1, consumed_at=now)
-    assert (
-        store.update_challenge(tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None})
-        is None
-    )
+    assert store.update_challenge(tenant, challenge.id, set={"consumed_at": now}, expect={"consumed_at": None}) is None
     assert store.get_challenge(tenant, new_id()) is None
 
 
@@ -433,17 +400,13 @@ def test_prepare_tenant_is_idempotent_and_ping_answers(store: Store, tenant: str
 
 
 @pytest.mark.parametrize("threads", [2, 8])
-def test_exactly_one_concurrent_compare_and_set_wins(
-    request: pytest.FixtureRequest, store: Store, tenant: str, threads: int
-) -> None:
-    _needs_atomic_server(request, store)
+def test_exactly_one_concurrent_compare_and_set_wins(store: Store, tenant: str, threads: int) -> None:
+    """On MongoDB each update is atomic on the server; on FerretDB 1.24 the adapter's write lock makes it so."""
     session = new_session(new_id())
     store.create_session(tenant, session)
 
     def rotate() -> Any:
-        return store.update_session(
-            tenant, session.id, set={"refresh_generation": 1}, expect={"refresh_generation": 0}
-        )
+        return store.update_session(tenant, session.id, set={"refresh_generation": 1}, expect={"refresh_generation": 0})
 
     results = _in_parallel(threads, rotate)
     winners = [r for r in results if r is not None]
@@ -452,10 +415,7 @@ def test_exactly_one_concurrent_compare_and_set_wins(
     assert results.count(None) == threads - 1
 
 
-def test_concurrent_increments_are_all_counted(
-    request: pytest.FixtureRequest, store: Store, tenant: str
-) -> None:
-    _needs_atomic_server(request, store)
+def test_concurrent_increments_are_all_counted(store: Store, tenant: str) -> None:
     user = new_user()
     store.create_user(tenant, user)
     threads, rounds = 8, 5

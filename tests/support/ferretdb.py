@@ -9,7 +9,6 @@ afterwards. When none can be had the tests are skipped loudly, or fail under `CI
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from pymongo import MongoClient
@@ -29,19 +29,7 @@ _START_TIMEOUT_S = 30.0  # a cold FerretDB start on a busy machine takes a few s
 
 
 # FerretDB 1.24 runs findAndModify and update as a read, then a separate write of the whole document
-# (FerretDB issue #3040), so concurrent conditional updates and $inc can all "succeed" and lose
-# writes. MongoDB applies each to one document atomically. Race tests cannot pass on FerretDB.
-FERRETDB_NOT_ATOMIC = (
-    "FerretDB 1.24 executes findAndModify/update as read-then-write (FerretDB#3040), so it cannot show "
-    "single-document atomicity; run with AUTH_TEST_MONGODB_URI pointing at a real mongod to check it"
-)
-
-
-@functools.cache
-def is_ferretdb(uri: str) -> bool:
-    """Whether the server at `uri` is FerretDB rather than MongoDB."""
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-        return "ferretdbVersion" in client.admin.command("buildInfo")
+# (FerretDB#3040); the MongoDB adapter detects it and serialises its own writes (auth_server/store/mongo.py).
 
 
 def free_port() -> int:
@@ -50,7 +38,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip loudly (a warning in the summary as well as the skip), or fail under CI=true."""
     message = f"no MongoDB server for the MongoDB tests: {reason}"
     if os.environ.get("CI", "").lower() == "true":
@@ -96,7 +84,6 @@ def mongodb_server() -> Iterator[str]:
             "AUTH_TEST_MONGODB_URI is unset, there is no mongod on PATH and no FerretDB binary at "
             f"{ferretdb} (scripts/test builds it; or set AUTH_FERRETDB_BIN)"
         )
-        return
     with tempfile.TemporaryDirectory(prefix="auth-mongo-") as workdir, _started(argv, workdir) as uri:
         yield uri
 
