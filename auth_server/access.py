@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from auth_client.gen.auth.v1 import access_pb2
 from google.protobuf.descriptor import FileDescriptor
 
+from auth_client.gen.auth.v1 import access_pb2
 from auth_server import errors
 from auth_server.config import TENANT_PATTERN, Settings
 from auth_server.errors import AuthError, Code, unauthenticated

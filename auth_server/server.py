@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.access import Guard, load_rules
 from auth_server.accounts import Accounts
 from auth_server.admin import Admin

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_server import devices
 from auth_server.access import current_call
 from auth_server.accounts import Accounts

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from auth_client.gen.auth.v1 import access_pb2, auth_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from auth_client.gen.auth.v1 import access_pb2, auth_pb2
 from auth_server.access import ROLE_NAMES
 from auth_server.clock import utcnow
 from auth_server.sessions import IssuedTokens

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.config import load_settings
 from auth_server.server import App, create_server
 from tests.support.mail import SmtpSink

@@ -9,9 +9,9 @@ import time
 import grpc
 import jwt
 import pytest
-from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
 from google.protobuf import descriptor_pool
 
+from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
 from auth_server.access import AccessRuleError, load_rules
 from auth_server.keys import KeyRing
 from tests.integration.conftest import SECRET, Client, md

@@ -1,0 +1,113 @@
+"""Losing the store while running: calls fail fast with UNAVAILABLE / STORE_UNAVAILABLE, health turns
+NOT_SERVING, and both recover by themselves when the store is back (a real FerretDB, stopped and
+restarted on the same port and data directory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from auth_server.config import load_settings
+from auth_server.server import create_server
+from tests.integration.conftest import PASSWORD, SECRET
+from tests.support.ferretdb import REPO, free_port, unavailable
+from tests.support.rpc import fails
+
+
+class Ferret:
+    def __init__(self, workdir: Path) -> None:
+        self.binary = Path(os.environ.get("AUTH_FERRETDB_BIN") or REPO / ".cache" / "bin" / "ferretdb")
+        if not os.access(self.binary, os.X_OK):
+            unavailable(f"this test stops and restarts its own FerretDB, and there is none at {self.binary}")
+        self.workdir = workdir
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}/outage"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{self.workdir}/",
+                f"--listen-addr=127.0.0.1:{self.port}",
+                f"--state-dir={self.workdir}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with MongoClient(self.uri, serverSelectionTimeoutMS=250) as client:
+            for _ in range(120):  # bounded: at most ~30 s of 250 ms server-selection waits
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    continue
+        raise AssertionError("FerretDB did not come up")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def ferret(tmp_path: Path) -> Iterator[Ferret]:
+    server = Ferret(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _wait_for(health: health_pb2_grpc.HealthStub, wanted: int) -> None:
+    """Follow the health Watch stream until it reports `wanted` (bounded by the call's deadline)."""
+    for response in health.Watch(health_pb2.HealthCheckRequest(service="auth.v1.AuthService"), timeout=30):
+        if response.status == wanted:
+            return
+
+
+def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "AUTH_STORE": ferret.uri,
+            "AUTH_JWT_SECRET": SECRET,
+            "AUTH_GRPC_ADDR": "127.0.0.1:0",
+            "AUTH_BCRYPT_ROUNDS": "4",
+            "AUTH_SMTP_URL": "smtp://127.0.0.1:9",
+        }
+    )
+    app = create_server(settings, health_interval=0.2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    auth, health = auth_pb2_grpc.AuthServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    try:
+        auth.Signup(auth_pb2.SignupRequest(username="steady", email="steady@example.com", password=PASSWORD))
+        ferret.stop()
+        request = auth_pb2.SignupRequest(username="lost", email="lost@example.com", password=PASSWORD)
+        failure = fails(auth.Signup, request, timeout=10)
+        assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+        assert "127.0.0.1" not in failure.message and "Traceback" not in failure.message
+        _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        ferret.start()
+        _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
+        again = fails(
+            auth.Signup, auth_pb2.SignupRequest(username="steady", email="other@example.com", password=PASSWORD)
+        )
+        assert again.reason == "USERNAME_TAKEN"  # what was committed before the outage is still there
+        assert auth.Signup(request).user.username == "lost"  # and the failed call left nothing behind
+    finally:
+        channel.close()
+        app.stop(0)
