@@ -88,6 +88,7 @@ class App:
 
     server: grpc.Server
     port: int
+    settings: Settings
     store: Store
     health: health.HealthServicer
     monitor: HealthMonitor
@@ -140,6 +141,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
@@ -156,4 +158,4 @@ def create_server(
     monitor = HealthMonitor(store, health_servicer, health_interval)
     monitor.start()
     server.start()
-    return App(server=server, port=port, store=store, health=health_servicer, monitor=monitor)
+    return App(server=server, port=port, settings=settings, store=store, health=health_servicer, monitor=monitor)

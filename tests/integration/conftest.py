@@ -55,6 +55,10 @@ class Client:
     def store(self) -> Any:
         return self.app.store
 
+    @property
+    def store_uri(self) -> str:
+        return self.app.settings.store_uri
+
     def signup(self, username: str, tenant: str | None = None, password: str = PASSWORD) -> auth_pb2.User:
         request = auth_pb2.SignupRequest(username=username, email=f"{username}@example.com", password=password)
         return self.auth.Signup(request, metadata=md(tenant=tenant)).user
