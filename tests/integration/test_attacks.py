@@ -1,0 +1,133 @@
+"""Attacks written as tests: brute force, lockout abuse, code swapping, races, mail outages.
+
+Requirements covered: OWASP ASVS 5.0 V6.3.1 (brute force limits), V6.6 (out-of-band codes: single use,
+short-lived, rate limited), V7.4 (session termination), RFC 9700 section 4.14 (refresh-token rotation
+and reuse detection), NIST SP 800-63B 5.2.2 (rate limiting that cannot lock a victim out for ever).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from auth_client.gen.auth.v1 import auth_pb2
+from auth_server.clock import utcnow
+from tests.integration.conftest import PASSWORD, Client, md
+from tests.support.mail import free_port
+from tests.support.rpc import fails, failure
+
+
+def in_parallel(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run work(i) in `count` threads released together; return results or the failure reasons."""
+    barrier = threading.Barrier(count, timeout=30)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except grpc.RpcError as error:
+            results[i] = failure(error).reason
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_a_code_never_redeems_another_login(client: Client) -> None:
+    client.signup("alice")
+    client.signup("mallory")
+    alice_login = client.login("alice")
+    client.login("mallory")
+    mallory_code = client.code_for("mallory")
+    seen = fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=alice_login, otp=mallory_code))
+    if client.code_for("alice") != mallory_code:  # one in a million they are equal; the hash binding still holds
+        assert seen.reason == "OTP_INVALID"
+
+
+def test_parallel_otp_guesses_stop_at_the_limit(client: Client) -> None:
+    client.signup("guessed")
+    login_id = client.login("guessed")
+    code = client.code_for("guessed")
+    wrong = [f"{(int(code) + i) % 1_000_000:06d}" for i in range(1, 11)]
+    outcomes = in_parallel(
+        10, lambda i: client.auth.VerifyOtp(auth_pb2.VerifyOtpRequest(login_id=login_id, otp=wrong[i]))
+    )
+    assert outcomes.count("OTP_INVALID") == 5 and outcomes.count("OTP_ATTEMPTS_EXCEEDED") == 5
+    assert client.store.get_challenge("default", login_id).attempts == 10
+    seen = fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=code))
+    assert seen.reason == "OTP_ATTEMPTS_EXCEEDED"
+
+
+def test_locks_expire_and_escalate_so_a_victim_is_never_locked_for_ever(make_client: Any) -> None:
+    client = make_client(AUTH_LOCKOUT_THRESHOLD="2", AUTH_LOCKOUT_DURATION="60")
+    client.signup("victim")
+    bad = auth_pb2.LoginRequest(username_or_email="victim", password="attacker guess")
+
+    def lock() -> timedelta:
+        for _ in range(2):
+            fails(client.auth.Login, bad)
+        user = client.store.find_user("default", "victim")
+        assert user.locked_until is not None
+        return user.locked_until - utcnow()
+
+    first = lock()
+    assert timedelta(seconds=55) < first <= timedelta(seconds=60)
+    assert fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="victim", password=PASSWORD)).reason == (
+        "ACCOUNT_LOCKED"
+    )
+    user = client.store.find_user("default", "victim")
+    client.store.update_user("default", user.id, set={"locked_until": utcnow() - timedelta(seconds=1)})  # time passes
+    second = lock()
+    assert timedelta(seconds=115) < second <= timedelta(seconds=120)  # the next lock lasts twice as long
+    client.store.update_user("default", user.id, set={"locked_until": utcnow() - timedelta(seconds=1)})
+    assert client.sign_in("victim").access_token  # the owner gets in once the lock is over
+    assert client.store.find_user("default", "victim").lockouts == 0  # and success resets the escalation
+
+
+def test_concurrent_signups_of_one_username_have_one_winner(client: Client) -> None:
+    def signup(i: int) -> str:
+        request = auth_pb2.SignupRequest(username="popular", email=f"p{i}@example.com", password=PASSWORD)
+        return client.auth.Signup(request).user.id
+
+    outcomes = in_parallel(6, signup)
+    assert sum(1 for o in outcomes if o != "USERNAME_TAKEN") == 1, outcomes
+    assert outcomes.count("USERNAME_TAKEN") == 5
+
+
+def test_logout_racing_refresh_leaves_the_session_revoked(client: Client) -> None:
+    client.signup("racer")
+    tokens = client.sign_in("racer")
+
+    def act(i: int) -> Any:
+        if i == 0:
+            return client.auth.LogoutSession(
+                auth_pb2.LogoutSessionRequest(session_id=tokens.session_id), metadata=md(tokens.access_token)
+            )
+        return client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=tokens.refresh_token))
+
+    outcomes = in_parallel(2, act)
+    assert client.store.get_session("default", tokens.session_id).revoked_at is not None
+    for outcome in outcomes:
+        if isinstance(outcome, auth_pb2.RefreshResponse):  # a refresh that won the race still dies now
+            assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(outcome.access_token)).reason == (
+                "SESSION_REVOKED"
+            )
+
+
+def test_mail_outage_answers_unavailable_and_leaves_no_usable_code(make_client: Any) -> None:
+    client = make_client(AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}", AUTH_OTP_RESEND_INTERVAL="30")
+    client.signup("offline")
+    seen = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="offline", password=PASSWORD))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.UNAVAILABLE, "MAIL_UNAVAILABLE")
+    user = client.store.find_user("default", "offline")
+    assert user.last_otp_sent_at is None  # the failed send does not count against the resend interval
+    again = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="offline", password=PASSWORD))
+    assert again.reason == "MAIL_UNAVAILABLE"  # not RATE_LIMITED
