@@ -15,8 +15,10 @@ UNAVAILABLE / STORE_UNAVAILABLE, anything else INTERNAL with a generic message a
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +27,16 @@ import grpc
 from google.protobuf.descriptor import FileDescriptor
 
 from auth_client.gen.auth.v1 import access_pb2
-from auth_server import errors
+from auth_server import audit, errors
 from auth_server.config import TENANT_PATTERN, Settings
 from auth_server.errors import AuthError, Code, unauthenticated
+from auth_server.metrics import Metrics
 from auth_server.rpc_errors import abort
 from auth_server.sessions import Caller, Sessions
 from auth_server.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("auth.access")
 
 ROLE_NAMES = {access_pb2.ROLE_USER: "user", access_pb2.ROLE_MANAGER: "manager", access_pb2.ROLE_ADMIN: "admin"}
 
@@ -113,7 +117,8 @@ def _peer_ip(peer: str) -> str:
 
 
 class Guard(grpc.ServerInterceptor):
-    def __init__(self, rules: dict[str, Rule], sessions: Sessions, settings: Settings) -> None:
+    def __init__(self, rules: dict[str, Rule], sessions: Sessions, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._rules = rules
         self._sessions = sessions
         self._settings = settings
@@ -136,27 +141,55 @@ class Guard(grpc.ServerInterceptor):
         behavior = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            outcome: AuthError | None = None
+            info: CallInfo | None = None
             try:
                 info = self._admit(rule, context)
-                token = _current.set(info)
+                token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
                 try:
                     return behavior(request, context)
                 finally:
                     _current.reset(token)
+                    audit.client_ip.reset(ip_token)
             except AuthError as error:
-                abort(context, error)
+                outcome = error
             except StoreUnavailable:
                 log.warning("store unavailable during %s", method, exc_info=True)
-                abort(context, errors.store_unavailable())
+                self._metrics.store_errors.inc()
+                outcome = errors.store_unavailable()
             except Exception:
                 log.exception("unexpected error in %s", method)
-                abort(context, AuthError(Code.INTERNAL, "INTERNAL", "Internal error."))
+                outcome = AuthError(Code.INTERNAL, "INTERNAL", "Internal error.")
+            finally:
+                self._finish(method, info, outcome, time.perf_counter() - started)
+            abort(context, outcome)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _finish(self, method: str, info: CallInfo | None, error: AuthError | None, seconds: float) -> None:
+        """The access log line and the call metrics: one of each per call."""
+        code = error.code.value if error else "OK"
+        self._metrics.observe_call(method, code, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            caller = info.caller if info else None
+            access_log.info(
+                "call",
+                extra={
+                    "method": method,
+                    "code": code,
+                    "reason": error.reason if error else "",
+                    "latency_ms": round(seconds * 1000, 3),
+                    "tenant": info.tenant if info else "",
+                    # a hash, not the id: the log should not hand out handles on live sessions
+                    "session": hashlib.sha256(caller.session.id.encode()).hexdigest()[:16] if caller else "",
+                    "ip": info.ip_address if info else "",
+                },
+            )
 
     def _admit(self, rule: Rule, context: grpc.ServicerContext) -> CallInfo:
         headers: dict[str, list[str]] = {}

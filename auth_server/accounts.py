@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_server import errors, otp, validation
+from auth_server.audit import Audit
 from auth_server.clock import utcnow
 from auth_server.config import Settings
 from auth_server.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
@@ -64,7 +65,9 @@ class Accounts:
         hasher: PasswordHasher,
         mailer: Mailer,
         sessions: Sessions,
+        audit: Audit,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._settings = settings
         self._keys = keys
@@ -103,6 +106,7 @@ class Accounts:
             if dup.field == "email":
                 raise AuthError(Code.ALREADY_EXISTS, "EMAIL_TAKEN", "This e-mail is already registered.") from None
             raise AuthError(Code.ALREADY_EXISTS, "USERNAME_TAKEN", "This username is taken.") from None
+        self._audit.record(tenant, "user.created", user_id=user.id)
         return user
 
     # --- login, step 1: the password
@@ -120,11 +124,14 @@ class Accounts:
         now = utcnow()
         if user is None:
             self._hasher.verify_dummy()
+            self._audit.record(tenant, "login.failed", reason="unknown_user")
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         if user.is_locked(now):
             self._hasher.verify_dummy()  # no password check while locked: guessing gains nothing
+            self._audit.record(tenant, "login.refused", user_id=user.id, reason="locked")
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
         if not self._hasher.verify(password, user.password_hash):
+            self._audit.record(tenant, "login.failed", user_id=user.id, reason="wrong_password")
             self._record_failure(tenant, user)
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         # Success resets the counters, unless a lock landed while we were hashing.
@@ -173,6 +180,7 @@ class Accounts:
             self._store.update_challenge(tenant, challenge.id, set={"consumed_at": now})
             self._store.update_user(tenant, user.id, set={"last_otp_sent_at": last}, expect={"last_otp_sent_at": now})
             raise _mail_unavailable() from None
+        self._audit.record(tenant, "login.code_sent", user_id=user.id, login_id=challenge.id)
         return LoginStarted(challenge.id, challenge.expires_at, mask_email(user.email))
 
     def _record_failure(self, tenant: str, user: User) -> None:
@@ -197,9 +205,16 @@ class Accounts:
             },
             inc={"lockouts": 1},
         )
-        self._store.revoke_sessions(tenant, user.id, now, "locked")
+        revoked = self._store.revoke_sessions(tenant, user.id, now, "locked")
         self._store.consume_challenges(tenant, user.id, now)
-        log.warning("account locked after failed logins", extra={"tenant": tenant, "user_id": user.id})
+        self._audit.record(
+            tenant,
+            "account.locked",
+            user_id=user.id,
+            reason="failed_logins",
+            seconds=str(int(duration.total_seconds())),
+            revoked_sessions=str(revoked),
+        )
         link = f"{self._settings.public_url}/api/v1/auth/unlock?token={token}"
         try:
             self._mailer.send(
@@ -227,11 +242,13 @@ class Accounts:
         if counted is None:
             raise invalid
         if counted.attempts > self._settings.otp_max_attempts:
+            self._audit.record(tenant, "otp.attempts_exceeded", user_id=challenge.user_id, login_id=login_id)
             raise AuthError(
                 Code.RESOURCE_EXHAUSTED, "OTP_ATTEMPTS_EXCEEDED", "Too many wrong codes; log in again for a new one."
             )
         if not otp.well_formed(code) or not self._keys.matches(challenge.otp_hash, "otp", login_id, code):
             left = self._settings.otp_max_attempts - counted.attempts
+            self._audit.record(tenant, "otp.failed", user_id=challenge.user_id, login_id=login_id)
             raise AuthError(
                 Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.", metadata={"attempts_left": str(left)}
             )
@@ -244,7 +261,9 @@ class Accounts:
         user = self._store.get_user(tenant, challenge.user_id)
         if user is None or user.is_locked(now):
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
-        return self._sessions.open(tenant, user, device)
+        tokens = self._sessions.open(tenant, user, device)
+        self._audit.record(tenant, "login.succeeded", user_id=user.id, session_id=tokens.session_id)
+        return tokens
 
     # --- password change and unlock
 
@@ -256,6 +275,7 @@ class Accounts:
         if violations:
             raise validation_failed(violations)
         if not self._hasher.verify(current, user.password_hash):
+            self._audit.record(caller.tenant, "password.change_failed", user_id=user.id)
             self._record_failure(caller.tenant, user)
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         if new == current:
@@ -269,7 +289,9 @@ class Accounts:
         )
         if changed is None:  # changed concurrently by another session: make the caller retry
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
-        return self._store.revoke_sessions(caller.tenant, user.id, now, "password_changed")
+        revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "password_changed")
+        self._audit.record(caller.tenant, "password.changed", user_id=user.id, revoked_sessions=str(revoked))
+        return revoked
 
     def unlock_account(self, tenant: str, token: str) -> None:
         invalid = unauthenticated("TOKEN_INVALID", "The unlock token is not valid or has expired.")
@@ -293,3 +315,4 @@ class Accounts:
         )
         if unlocked is None:
             raise invalid  # redeemed concurrently: single use
+        self._audit.record(tenant, "account.unlocked", user_id=user.id, via="mailed_token")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from typing import TypeVar
 
+from auth_server.audit import Audit
 from auth_server.clock import utcnow
 from auth_server.errors import AuthError, Code, FieldViolation, validation_failed
 from auth_server.sessions import Caller
-from auth_server.store.base import Store, User
+from auth_server.store.base import AuditEvent, Store, User
 
+T = TypeVar("T")
 ROLES = ("user", "manager", "admin")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -44,18 +48,23 @@ def decode_page_token(token: str) -> str | None:
     return value
 
 
+def _page(fetch: Callable[[str | None, int], list[T]], page_size: int, page_token: str) -> tuple[list[T], str]:
+    """One page from `fetch(after_or_before_id, limit)` and the token of the next page ("" on the last)."""
+    if page_size < 0:
+        raise validation_failed([FieldViolation("page_size", "Must not be negative.")])
+    limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    items = fetch(decode_page_token(page_token), limit + 1)  # one more tells whether a next page exists
+    page = items[:limit]
+    return page, encode_page_token(page[-1].id) if len(items) > limit else ""  # type: ignore[attr-defined]
+
+
 class Admin:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, audit: Audit) -> None:
         self._store = store
+        self._audit = audit
 
     def list_users(self, caller: Caller, page_size: int, page_token: str) -> tuple[list[User], str]:
-        if page_size < 0:
-            raise validation_failed([FieldViolation("page_size", "Must not be negative.")])
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        users = self._store.list_users(caller.tenant, decode_page_token(page_token), limit + 1)
-        more = len(users) > limit
-        users = users[:limit]
-        return users, encode_page_token(users[-1].id) if more else ""
+        return _page(lambda after, limit: self._store.list_users(caller.tenant, after, limit), page_size, page_token)
 
     def _target(self, caller: Caller, user_id: str) -> User:
         user = self._store.get_user(caller.tenant, user_id) if user_id and len(user_id) <= 64 else None
@@ -63,14 +72,32 @@ class Admin:
             raise _user_not_found()
         return user
 
-    def lock_user(self, caller: Caller, user_id: str) -> int:
+    def list_events(
+        self, caller: Caller, page_size: int, page_token: str, user_id: str
+    ) -> tuple[list[AuditEvent], str]:
+        return _page(
+            lambda before, limit: self._store.list_events(caller.tenant, before, limit, user_id or None),
+            page_size,
+            page_token,
+        )
+
+    def lock_user(self, caller: Caller, user_id: str, reason: str) -> int:
         user = self._target(caller, user_id)
         if user.id == caller.user.id:
             raise _last_admin("Admins cannot lock themselves; ask another admin.")
         now = utcnow()
         self._store.update_user(caller.tenant, user.id, set={"admin_locked": True})
         self._store.consume_challenges(caller.tenant, user.id, now)
-        return self._store.revoke_sessions(caller.tenant, user.id, now, "locked_by_admin")
+        revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "locked_by_admin")
+        self._audit.record(
+            caller.tenant,
+            "account.locked",
+            user_id=user.id,
+            actor_user_id=caller.user.id,
+            reason=reason[:200] or "admin",
+            revoked_sessions=str(revoked),
+        )
+        return revoked
 
     def unlock_user(self, caller: Caller, user_id: str) -> None:
         user = self._target(caller, user_id)
@@ -85,6 +112,7 @@ class Admin:
                 "unlock_token_expires_at": None,
             },
         )
+        self._audit.record(caller.tenant, "account.unlocked", user_id=user.id, actor_user_id=caller.user.id)
 
     def set_role(self, caller: Caller, user_id: str, role: str) -> User:
         if role not in ROLES:
@@ -95,4 +123,7 @@ class Admin:
         updated = self._store.update_user(caller.tenant, user.id, set={"role": role})
         if updated is None:
             raise _user_not_found()
+        self._audit.record(
+            caller.tenant, "role.changed", user_id=user.id, actor_user_id=caller.user.id, old=user.role, new=role
+        )
         return updated

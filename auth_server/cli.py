@@ -1,5 +1,8 @@
 """The `auth-server` command: serve (default), bridge, and `user set-role` for bootstrapping an admin.
 
+`serve` runs the gRPC server and the HTTP bridge (auth_server/bridge) in one process; `bridge` runs
+the bridge alone in front of a gRPC server elsewhere. SIGTERM/SIGINT stop both cleanly (exit 0).
+
 Configuration errors and an unreachable store end the process with a one-line message and exit code
 2 or 1, never a traceback.
 """
@@ -12,7 +15,7 @@ import signal
 import sys
 import threading
 
-from auth_server.config import ConfigError, Settings, load_settings
+from auth_server.config import ConfigError, Settings, check_addr, load_settings
 from auth_server.store.base import StoreUnavailable
 
 EXIT_CONFIG = 2
@@ -22,9 +25,13 @@ EXIT_UNAVAILABLE = 1
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auth-server", description="gRPC authentication service")
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the gRPC server (the default command)")
+    serve = sub.add_parser("serve", help="run the gRPC server and the HTTP bridge (the default command)")
     serve.add_argument("--grpc-addr", help="listen address (AUTH_GRPC_ADDR)")
+    serve.add_argument("--http-addr", help="HTTP bridge listen address (AUTH_HTTP_ADDR)")
     serve.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    bridge = sub.add_parser("bridge", help="run the HTTP bridge alone, in front of a gRPC server")
+    bridge.add_argument("--upstream", help="gRPC server HOST:PORT (default: from AUTH_GRPC_ADDR)")
+    bridge.add_argument("--http-addr", help="HTTP bridge listen address (AUTH_HTTP_ADDR)")
     user = sub.add_parser("user", help="operator commands on users")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     set_role = user_sub.add_parser("set-role", help="set a user's role (bootstrap the first admin)")
@@ -43,19 +50,46 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-def serve(settings: Settings) -> int:
-    from auth_server.server import create_server  # grpc is imported only for commands that need it
-
-    _configure_logging(settings)
-    app = create_server(settings)
-    host = settings.grpc_addr.rpartition(":")[0]
-    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {settings.store_uri})", flush=True)
+def _wait_for_signal() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+
+
+def serve(settings: Settings) -> int:
+    # grpc and the bridge are imported only for the commands that need them
+    from auth_server.bridge.runner import BridgeServer, local_target, trust_local_bridge
+    from auth_server.server import create_server
+
+    _configure_logging(settings)
+    app = create_server(trust_local_bridge(settings))
+    host = settings.grpc_addr.rpartition(":")[0]
+    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {settings.store_uri})", flush=True)
+    try:
+        bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port)).start()
+    except BaseException:
+        app.stop(0)
+        raise
+    print(f"auth-server: HTTP bridge listening on {bridge.url}", flush=True)
+    _wait_for_signal()
     print("auth-server: shutting down (finishing in-flight calls)", flush=True)
+    bridge.stop()
     app.stop(settings.shutdown_grace)
+    print("auth-server: stopped", flush=True)
+    return 0
+
+
+def bridge(settings: Settings, upstream: str | None) -> int:
+    from auth_server.bridge.runner import BridgeServer, local_target
+
+    _configure_logging(settings)
+    upstream = check_addr("--upstream", upstream) if upstream else local_target(settings.grpc_addr)
+    server = BridgeServer(settings, upstream).start()
+    print(f"auth-server: HTTP bridge listening on {server.url} (upstream {upstream})", flush=True)
+    _wait_for_signal()
+    print("auth-server: shutting down", flush=True)
+    server.stop()
     print("auth-server: stopped", flush=True)
     return 0
 
@@ -88,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "user":
             settings = load_settings(store=args.store)
             return set_role(settings, args.username, args.role, args.tenant)
-        settings = load_settings(grpc_addr=getattr(args, "grpc_addr", None), store=getattr(args, "store", None))
+        if args.command == "bridge":
+            return bridge(load_settings(http_addr=args.http_addr), args.upstream)
+        settings = load_settings(
+            grpc_addr=getattr(args, "grpc_addr", None),
+            http_addr=getattr(args, "http_addr", None),
+            store=getattr(args, "store", None),
+        )
         return serve(settings)
     except ConfigError as error:
         print(f"auth-server: configuration error: {error}", file=sys.stderr)

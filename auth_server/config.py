@@ -49,6 +49,8 @@ class Settings:
     refresh_grace: int = 0  # AUTH_REFRESH_GRACE seconds; 0: strict rotation
     activity_interval: int = 60  # AUTH_ACTIVITY_INTERVAL: least seconds between last-activity writes
     trusted_proxies: tuple[str, ...] = ()  # AUTH_TRUSTED_PROXIES: IPs/CIDRs allowed to set x-forwarded-for
+    cors_origins: tuple[str, ...] = ()  # AUTH_CORS_ORIGINS: browser origins the HTTP bridge allows; none by default
+    refresh_cookie: bool = True  # AUTH_REFRESH_COOKIE: on: the bridge keeps refresh tokens in an HttpOnly cookie
     grpc_threads: int = 32  # AUTH_GRPC_THREADS: worker threads of the gRPC server
     hash_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)  # AUTH_HASH_CONCURRENCY
     max_message_bytes: int = 64 * 1024  # AUTH_MAX_MESSAGE_BYTES: largest request accepted
@@ -115,6 +117,41 @@ def check_smtp_url(value: str) -> str:
     return value
 
 
+def check_origin(value: str) -> str:
+    """An exact browser origin, scheme://host[:port], normalised to lower case as browsers send it."""
+    if value in ("*", "null"):
+        raise ConfigError(f"AUTH_CORS_ORIGINS: {value!r} is not allowed (cookies are sent); list exact origins")
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"AUTH_CORS_ORIGINS: bad port in {value!r}") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or value.endswith(("?", "#"))
+    ):
+        raise ConfigError(f"AUTH_CORS_ORIGINS: expected an origin like https://app.example.com[:port], got {value!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default_port = {"http": 80, "https": 443}[parts.scheme]  # browsers leave the default port out of Origin
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default_port) else "")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "yes", "1"):
+        return True
+    if raw in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{name}: expected on or off, got {raw!r}")
+
+
 def check_tenant(name: str, value: str) -> str:
     if not TENANT_PATTERN.match(value):
         raise ConfigError(f"{name}: tenant id {value!r} does not match {TENANT_PATTERN.pattern}")
@@ -169,6 +206,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"AUTH_TRUSTED_PROXIES: {proxy!r} is not an IP address or CIDR") from None
+    origins = tuple(
+        dict.fromkeys(check_origin(o.strip()) for o in (env.get("AUTH_CORS_ORIGINS") or "").split(",") if o.strip())
+    )
     smtp_url = env.get("AUTH_SMTP_URL") or None
     level = (env.get("AUTH_LOG_LEVEL") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -212,6 +252,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         refresh_grace=_int(env, "AUTH_REFRESH_GRACE", 0, 0, 3600),
         activity_interval=_int(env, "AUTH_ACTIVITY_INTERVAL", 60, 0, 86400),
         trusted_proxies=proxies,
+        cors_origins=origins,
+        refresh_cookie=_bool(env, "AUTH_REFRESH_COOKIE", True),
         grpc_threads=_int(env, "AUTH_GRPC_THREADS", 32, 2, 1024),
         hash_concurrency=_int(env, "AUTH_HASH_CONCURRENCY", os.cpu_count() or 2, 1, 256),
         max_message_bytes=_int(env, "AUTH_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),

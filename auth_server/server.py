@@ -22,9 +22,11 @@ from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb
 from auth_server.access import Guard, load_rules
 from auth_server.accounts import Accounts
 from auth_server.admin import Admin
+from auth_server.audit import Audit
 from auth_server.config import Settings, load_dev_secret
 from auth_server.keys import KeyRing
 from auth_server.mail import ConsoleMailer, Mailer, SmtpMailer
+from auth_server.metrics import Metrics
 from auth_server.passwords import PasswordHasher
 from auth_server.servicers.admin import AdminServicer
 from auth_server.servicers.auth import AuthServicer
@@ -90,6 +92,7 @@ class App:
     port: int
     settings: Settings
     store: Store
+    metrics: Metrics
     health: health.HealthServicer
     monitor: HealthMonitor
 
@@ -131,13 +134,15 @@ def create_server(
         settings.jwt_key_id,
         settings.access_ttl,
     )
-    sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh))
-    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions)
+    metrics = Metrics()
+    audit = Audit(store, metrics.count_event)
+    sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
+    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions, audit)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=[Guard(rules, sessions, settings)],
+        interceptors=[Guard(rules, sessions, settings, metrics)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -146,7 +151,7 @@ def create_server(
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store)), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store, audit)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -158,4 +163,12 @@ def create_server(
     monitor = HealthMonitor(store, health_servicer, health_interval)
     monitor.start()
     server.start()
-    return App(server=server, port=port, settings=settings, store=store, health=health_servicer, monitor=monitor)
+    return App(
+        server=server,
+        port=port,
+        settings=settings,
+        store=store,
+        metrics=metrics,
+        health=health_servicer,
+        monitor=monitor,
+    )

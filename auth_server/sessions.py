@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_server import errors
+from auth_server.audit import Audit
 from auth_server.clock import utcnow
 from auth_server.config import Settings
 from auth_server.errors import AuthError, Code, unauthenticated
@@ -54,7 +55,9 @@ class Sessions:
         keys: KeyRing,
         access_tokens: AccessTokens,
         refresh_tokens: RefreshTokens,
+        audit: Audit,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._settings = settings
         self._keys = keys
@@ -166,6 +169,13 @@ class Sessions:
                 set={"revoked_at": now, "revoke_reason": "refresh_token_reused"},
                 expect={"revoked_at": None},
             )
+            self._audit.record(
+                tenant,
+                "refresh.reuse_detected",
+                user_id=session.user_id,
+                session_id=session.id,
+                generation=str(parsed.generation),
+            )
             raise unauthenticated(
                 "REFRESH_TOKEN_REUSED", "This refresh token was already used; the session has been revoked."
             )
@@ -188,12 +198,15 @@ class Sessions:
         )
         if revoked is None:
             raise AuthError(Code.FAILED_PRECONDITION, "SESSION_ALREADY_REVOKED", "This session is already revoked.")
+        self._audit.record(caller.tenant, "session.revoked", user_id=caller.user.id, session_id=session_id)
 
     def logout_all(self, caller: Caller, keep_current: bool) -> int:
-        return self._store.revoke_sessions(
+        revoked = self._store.revoke_sessions(
             caller.tenant,
             caller.user.id,
             utcnow(),
             "logout_all",
             except_id=caller.session.id if keep_current else None,
         )
+        self._audit.record(caller.tenant, "sessions.revoked", user_id=caller.user.id, count=str(revoked))
+        return revoked

@@ -24,7 +24,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def LockUser(self, request: admin_pb2.LockUserRequest, context: grpc.ServicerContext) -> admin_pb2.LockUserResponse:
-        count = self._admin.lock_user(current_call().require_caller(), request.user_id)
+        count = self._admin.lock_user(current_call().require_caller(), request.user_id, request.reason)
         return admin_pb2.LockUserResponse(revoked_count=count)
 
     def UnlockUser(
@@ -39,3 +39,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         caller = current_call().require_caller()
         user = self._admin.set_role(caller, request.user_id, ROLE_NAMES.get(request.role, ""))
         return admin_pb2.SetUserRoleResponse(user=convert.user(user, caller.tenant))
+
+    def ListAuditEvents(
+        self, request: admin_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListAuditEventsResponse:
+        caller = current_call().require_caller()
+        events, next_token = self._admin.list_events(caller, request.page_size, request.page_token, request.user_id)
+        return admin_pb2.ListAuditEventsResponse(
+            events=[convert.audit_event(e) for e in events], next_page_token=next_token
+        )

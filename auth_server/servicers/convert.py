@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from auth_client.gen.auth.v1 import access_pb2, auth_pb2
+from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
 from auth_server.access import ROLE_NAMES
 from auth_server.clock import utcnow
 from auth_server.sessions import IssuedTokens
-from auth_server.store.base import Session, User
+from auth_server.store.base import AuditEvent, Session, User
 
 ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
 
@@ -59,3 +60,15 @@ def token_fields(tokens: IssuedTokens) -> dict[str, object]:
         "refresh_token_expires_at": timestamp(tokens.refresh_expires_at),
         "token_type": "Bearer",
     }
+
+
+def audit_event(record: AuditEvent) -> admin_pb2.AuditEvent:
+    return admin_pb2.AuditEvent(
+        id=record.id,
+        type=record.type,
+        user_id=record.user_id,
+        actor_user_id=record.actor_user_id,
+        ip_address=record.ip_address,
+        created_at=timestamp(record.created_at),
+        details=json.loads(record.details),
+    )

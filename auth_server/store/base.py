@@ -88,6 +88,17 @@ class LoginChallenge:
     consumed_at: datetime | None = None  # set when redeemed or superseded by a newer login
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: str  # time-ordered, so newest-first paging is by id
+    type: str  # "login.failed", "session.revoked", ...
+    user_id: str  # whom it is about ("" when a login named no known user)
+    actor_user_id: str  # who caused it, when someone else did (an admin)
+    ip_address: str
+    created_at: datetime
+    details: str  # a JSON object of strings; never a secret
+
+
 def replace(record: Any, **changes: Any) -> Any:
     """A copy of a record with some fields changed (dataclasses.replace, re-exported for adapters)."""
     return dataclasses.replace(record, **changes)
@@ -193,3 +204,11 @@ class Store(Protocol):
 
     def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
         """Mark every open challenge of the user consumed (a newer login supersedes them)."""
+
+    # audit trail (append-only)
+    def record_event(self, tenant: str, event: AuditEvent) -> None: ...
+
+    def list_events(
+        self, tenant: str, before_id: str | None, limit: int, user_id: str | None = None
+    ) -> list[AuditEvent]:
+        """Newest first: events with id < before_id (all when None), only `user_id`'s when given."""

@@ -34,8 +34,8 @@ from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from auth_server.store._fields import CHALLENGE, SESSION, USER, RecordSpec, check_record, check_update
-from auth_server.store.base import DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
+from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
 
 _log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class _Tenant:
     users: Collection[dict[str, Any]]
     sessions: Collection[dict[str, Any]]
     challenges: Collection[dict[str, Any]]
+    events: Collection[dict[str, Any]]
     prepared: bool = False
 
 
@@ -206,7 +207,7 @@ class MongoStore:
             handles = self._tenants.get(tenant)
             if handles is None:
                 db = self._client[self.database_for(tenant)]
-                handles = _Tenant(db["users"], db["sessions"], db["login_challenges"])
+                handles = _Tenant(db["users"], db["sessions"], db["login_challenges"], db["audit_events"])
                 self._tenants[tenant] = handles
         if not handles.prepared:
             # Outside the lock: index creation is a network round trip and other tenants must not
@@ -366,12 +367,32 @@ class MongoStore:
             result = challenges.update_many({"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}})
         return result.modified_count
 
+    # -- audit trail -----------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def record_event(self, tenant: str, event: AuditEvent) -> None:
+        check_record(EVENT, event)
+        self._tenant(tenant).events.insert_one(_document(EVENT, event))
+
+    @_unavailable_on_connection_failure
+    def list_events(
+        self, tenant: str, before_id: str | None, limit: int, user_id: str | None = None
+    ) -> list[AuditEvent]:
+        if limit <= 0:
+            return []
+        query: dict[str, Any] = {"_id": {"$lt": before_id}} if before_id else {}
+        if user_id is not None:
+            query["user_id"] = user_id
+        cursor = self._tenant(tenant).events.find(query).sort("_id", DESCENDING).limit(limit)
+        return [_record(EVENT, document) for document in cursor]
+
 
 def _create_indexes(handles: _Tenant) -> None:
     handles.users.create_index("username", unique=True, name="username_unique")
     handles.users.create_index("email", unique=True, name="email_unique")
     handles.sessions.create_index("user_id", name="user_id")
     handles.challenges.create_index("user_id", name="user_id")
+    handles.events.create_index([("user_id", ASCENDING), ("_id", DESCENDING)], name="user_id_newest")
     for collection in (handles.sessions, handles.challenges):
         try:
             collection.create_index("expires_at", name="expires_at_ttl", expireAfterSeconds=_TTL_GRACE_S)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from auth_server.store._fields import CHALLENGE, SESSION, USER, RecordSpec, check_record, check_update
-from auth_server.store.base import DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
+from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -84,24 +84,23 @@ class _Table:
         return [_encode(kind, getattr(record, name)) for name, kind in self.spec.kinds.items()]
 
     def decode(self, row: Sequence[Any]) -> Any:
-        values = {
-            name: _decode(kind, v) for (name, kind), v in zip(self.spec.kinds.items(), row, strict=True)
-        }
+        values = {name: _decode(kind, v) for (name, kind), v in zip(self.spec.kinds.items(), row, strict=True)}
         return self.spec.cls(**values)
 
 
 _USERS = _Table("users", USER)
 _SESSIONS = _Table("sessions", SESSION)
 _CHALLENGES = _Table("login_challenges", CHALLENGE)
+_EVENTS = _Table("audit_events", EVENT)
+_TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS)
 
 _SCHEMA = (
-    _USERS.ddl(),
-    _SESSIONS.ddl(),
-    _CHALLENGES.ddl(),
+    *(table.ddl() for table in _TABLES),
     "CREATE UNIQUE INDEX IF NOT EXISTS users_username ON users (tenant, username)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (tenant, email)",
     "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS login_challenges_user ON login_challenges (tenant, user_id)",
+    "CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (tenant, user_id, id)",
 )
 
 _SESSION_AND_USER = (
@@ -206,9 +205,10 @@ class SqliteStore:
     def _ensure_schema(conn: sqlite3.Connection) -> None:
         # Checked on every new connection, not only in open(): a file that was missing or unusable
         # comes back empty, and the store must recover by itself once it can write there again.
-        names = [t.name for t in (_USERS, _SESSIONS, _CHALLENGES)]
+        names = [t.name for t in _TABLES]
         (found,) = conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?)", names
+            f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})",  # noqa: S608
+            names,
         ).fetchone()
         if found == len(names):
             return
@@ -302,8 +302,7 @@ class SqliteStore:
         rows, _ = self._execute(
             # The tenant is repeated in each branch so each one can use its unique index.
             _USERS.select(
-                "(tenant = ? AND username = ?) OR (tenant = ? AND email = ?)"
-                " ORDER BY username = ? DESC LIMIT 1"
+                "(tenant = ? AND username = ?) OR (tenant = ? AND email = ?) ORDER BY username = ? DESC LIMIT 1"
             ),
             (tenant, username_or_email, tenant, username_or_email, username_or_email),
         )
@@ -401,8 +400,23 @@ class SqliteStore:
 
     def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
         _, count = self._execute(
-            "UPDATE login_challenges SET consumed_at = ?"
-            " WHERE tenant = ? AND user_id = ? AND consumed_at IS NULL",
+            "UPDATE login_challenges SET consumed_at = ? WHERE tenant = ? AND user_id = ? AND consumed_at IS NULL",
             (_encode("datetime", now), tenant, user_id),
         )
         return count
+
+    # -- audit trail -----------------------------------------------------------------------------
+
+    def record_event(self, tenant: str, event: AuditEvent) -> None:
+        self._insert(_EVENTS, tenant, event)
+
+    def list_events(
+        self, tenant: str, before_id: str | None, limit: int, user_id: str | None = None
+    ) -> list[AuditEvent]:
+        if limit <= 0:
+            return []
+        condition, params = "tenant = ? AND id < ?", [tenant, before_id or "~"]  # "~" sorts after every hex id
+        if user_id is not None:
+            condition, params = condition + " AND user_id = ?", [*params, user_id]
+        rows, _ = self._execute(_EVENTS.select(condition + " ORDER BY id DESC LIMIT ?"), [*params, limit])
+        return [_EVENTS.decode(row) for row in rows]

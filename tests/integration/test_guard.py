@@ -165,6 +165,7 @@ def test_an_undeclared_method_is_denied_to_anonymous_callers() -> None:
 
     from auth_server.access import Guard
     from auth_server.config import load_settings
+    from auth_server.metrics import Metrics
 
     ran: list[bytes] = []
 
@@ -174,7 +175,7 @@ def test_an_undeclared_method_is_denied_to_anonymous_callers() -> None:
 
     rules = load_rules([descriptor_pool.Default().FindFileByName("auth/v1/auth.proto")])
     settings = load_settings({"AUTH_JWT_SECRET": SECRET, "AUTH_STORE": "sqlite:///unused.db"})
-    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[Guard(rules, None, settings)])  # type: ignore[arg-type]
+    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[Guard(rules, None, settings, Metrics())])  # type: ignore[arg-type]
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("x.v1.OpenService", {"Leak": grpc.unary_unary_rpc_method_handler(leak)})]
     )

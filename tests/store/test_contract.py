@@ -6,6 +6,7 @@ Each test gets a fresh database: a new SQLite file, or new random tenant ids on 
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -493,3 +494,35 @@ def test_mongodb_on_a_closed_port_fails_fast_on_open() -> None:
     assert time.monotonic() - started < 15
     with pytest.raises(StoreUnavailable):
         store.ping()
+
+
+# -- audit trail ---------------------------------------------------------------------------------
+
+
+def test_audit_events_newest_first_paged_and_filtered(store: Store, tenant: str, other_tenant: str) -> None:
+    from auth_server.clock import utcnow
+    from auth_server.store.base import AuditEvent
+
+    events = [
+        AuditEvent(
+            id=new_id(),
+            type=f"t{i}",
+            user_id="u1" if i % 2 else "u2",
+            actor_user_id="",
+            ip_address="10.0.0.1",
+            created_at=utcnow(),
+            details=json.dumps({"n": str(i)}),
+        )
+        for i in range(5)
+    ]
+    ids = sorted(e.id for e in events)
+    assert len(set(ids)) == 5
+    for event in events:
+        store.record_event(tenant, event)
+    newest = store.list_events(tenant, None, 3)
+    assert [e.id for e in newest] == ids[::-1][:3]
+    assert newest[0] == max(events, key=lambda e: e.id)  # every field round-trips
+    rest = store.list_events(tenant, newest[-1].id, 3)
+    assert [e.id for e in rest] == ids[::-1][3:]
+    assert {e.user_id for e in store.list_events(tenant, None, 10, user_id="u1")} == {"u1"}
+    assert store.list_events(other_tenant, None, 10) == []

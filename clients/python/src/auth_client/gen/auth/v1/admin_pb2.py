@@ -25,39 +25,52 @@ _sym_db = _symbol_database.Default()
 from auth_client.gen.auth.v1 import access_pb2 as auth_dot_v1_dot_access__pb2
 from auth_client.gen.auth.v1 import auth_pb2 as auth_dot_v1_dot_auth__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61uth/v1/admin.proto\x12\x07\x61uth.v1\x1a\x14\x61uth/v1/access.proto\x1a\x12\x61uth/v1/auth.proto\x1a\x1cgoogle/api/annotations.proto\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x11ListUsersResponse\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.auth.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fLockUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x10LockUserResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"$\n\x11UnlockUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12UnlockUserResponse\"B\n\x12SetUserRoleRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.auth.v1.Role\"2\n\x13SetUserRoleResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User2\xf1\x03\n\x0c\x41\x64minService\x12g\n\tListUsers\x12\x19.auth.v1.ListUsersRequest\x1a\x1a.auth.v1.ListUsersResponse\"#\x8a\xb5\x18\x04\x1a\x02\x02\x03\x82\xd3\xe4\x93\x02\x15\x12\x13/api/v1/admin/users\x12u\n\x08LockUser\x12\x18.auth.v1.LockUserRequest\x1a\x19.auth.v1.LockUserResponse\"4\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02\'\"\"/api/v1/admin/users/{user_id}:lock:\x01*\x12}\n\nUnlockUser\x12\x1a.auth.v1.UnlockUserRequest\x1a\x1b.auth.v1.UnlockUserResponse\"6\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02)\"$/api/v1/admin/users/{user_id}:unlock:\x01*\x12\x81\x01\n\x0bSetUserRole\x12\x1b.auth.v1.SetUserRoleRequest\x1a\x1c.auth.v1.SetUserRoleResponse\"7\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02*\"%/api/v1/admin/users/{user_id}:setRole:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61uth/v1/admin.proto\x12\x07\x61uth.v1\x1a\x14\x61uth/v1/access.proto\x1a\x12\x61uth/v1/auth.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x11ListUsersResponse\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.auth.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fLockUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x10LockUserResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"$\n\x11UnlockUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12UnlockUserResponse\"B\n\x12SetUserRoleRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.auth.v1.Role\"2\n\x13SetUserRoleResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\"\xf5\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x15\n\ractor_user_id\x18\x04 \x01(\t\x12\x12\n\nip_address\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32 .auth.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"W\n\x17ListAuditEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.auth.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf2\x04\n\x0c\x41\x64minService\x12g\n\tListUsers\x12\x19.auth.v1.ListUsersRequest\x1a\x1a.auth.v1.ListUsersResponse\"#\x8a\xb5\x18\x04\x1a\x02\x02\x03\x82\xd3\xe4\x93\x02\x15\x12\x13/api/v1/admin/users\x12u\n\x08LockUser\x12\x18.auth.v1.LockUserRequest\x1a\x19.auth.v1.LockUserResponse\"4\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02\'\"\"/api/v1/admin/users/{user_id}:lock:\x01*\x12}\n\nUnlockUser\x12\x1a.auth.v1.UnlockUserRequest\x1a\x1b.auth.v1.UnlockUserResponse\"6\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02)\"$/api/v1/admin/users/{user_id}:unlock:\x01*\x12\x7f\n\x0fListAuditEvents\x12\x1f.auth.v1.ListAuditEventsRequest\x1a .auth.v1.ListAuditEventsResponse\")\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/admin/audit-events\x12\x81\x01\n\x0bSetUserRole\x12\x1b.auth.v1.SetUserRoleRequest\x1a\x1c.auth.v1.SetUserRoleResponse\"7\x8a\xb5\x18\x03\x1a\x01\x03\x82\xd3\xe4\x93\x02*\"%/api/v1/admin/users/{user_id}:setRole:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'auth.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_AUDITEVENT_DETAILSENTRY']._loaded_options = None
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\212\265\030\004\032\002\002\003\202\323\344\223\002\025\022\023/api/v1/admin/users'
   _globals['_ADMINSERVICE'].methods_by_name['LockUser']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['LockUser']._serialized_options = b'\212\265\030\003\032\001\003\202\323\344\223\002\'\"\"/api/v1/admin/users/{user_id}:lock:\001*'
   _globals['_ADMINSERVICE'].methods_by_name['UnlockUser']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['UnlockUser']._serialized_options = b'\212\265\030\003\032\001\003\202\323\344\223\002)\"$/api/v1/admin/users/{user_id}:unlock:\001*'
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\212\265\030\003\032\001\003\202\323\344\223\002\034\022\032/api/v1/admin/audit-events'
   _globals['_ADMINSERVICE'].methods_by_name['SetUserRole']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['SetUserRole']._serialized_options = b'\212\265\030\003\032\001\003\202\323\344\223\002*\"%/api/v1/admin/users/{user_id}:setRole:\001*'
-  _globals['_LISTUSERSREQUEST']._serialized_start=104
-  _globals['_LISTUSERSREQUEST']._serialized_end=161
-  _globals['_LISTUSERSRESPONSE']._serialized_start=163
-  _globals['_LISTUSERSRESPONSE']._serialized_end=237
-  _globals['_LOCKUSERREQUEST']._serialized_start=239
-  _globals['_LOCKUSERREQUEST']._serialized_end=289
-  _globals['_LOCKUSERRESPONSE']._serialized_start=291
-  _globals['_LOCKUSERRESPONSE']._serialized_end=332
-  _globals['_UNLOCKUSERREQUEST']._serialized_start=334
-  _globals['_UNLOCKUSERREQUEST']._serialized_end=370
-  _globals['_UNLOCKUSERRESPONSE']._serialized_start=372
-  _globals['_UNLOCKUSERRESPONSE']._serialized_end=392
-  _globals['_SETUSERROLEREQUEST']._serialized_start=394
-  _globals['_SETUSERROLEREQUEST']._serialized_end=460
-  _globals['_SETUSERROLERESPONSE']._serialized_start=462
-  _globals['_SETUSERROLERESPONSE']._serialized_end=512
-  _globals['_ADMINSERVICE']._serialized_start=515
-  _globals['_ADMINSERVICE']._serialized_end=1012
+  _globals['_LISTUSERSREQUEST']._serialized_start=137
+  _globals['_LISTUSERSREQUEST']._serialized_end=194
+  _globals['_LISTUSERSRESPONSE']._serialized_start=196
+  _globals['_LISTUSERSRESPONSE']._serialized_end=270
+  _globals['_LOCKUSERREQUEST']._serialized_start=272
+  _globals['_LOCKUSERREQUEST']._serialized_end=322
+  _globals['_LOCKUSERRESPONSE']._serialized_start=324
+  _globals['_LOCKUSERRESPONSE']._serialized_end=365
+  _globals['_UNLOCKUSERREQUEST']._serialized_start=367
+  _globals['_UNLOCKUSERREQUEST']._serialized_end=403
+  _globals['_UNLOCKUSERRESPONSE']._serialized_start=405
+  _globals['_UNLOCKUSERRESPONSE']._serialized_end=425
+  _globals['_SETUSERROLEREQUEST']._serialized_start=427
+  _globals['_SETUSERROLEREQUEST']._serialized_end=493
+  _globals['_SETUSERROLERESPONSE']._serialized_start=495
+  _globals['_SETUSERROLERESPONSE']._serialized_end=545
+  _globals['_AUDITEVENT']._serialized_start=548
+  _globals['_AUDITEVENT']._serialized_end=793
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=747
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=793
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=795
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=875
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=877
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=964
+  _globals['_ADMINSERVICE']._serialized_start=967
+  _globals['_ADMINSERVICE']._serialized_end=1593
 # @@protoc_insertion_point(module_scope)

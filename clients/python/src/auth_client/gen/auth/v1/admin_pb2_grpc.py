@@ -50,6 +50,11 @@ class AdminServiceStub:
                 request_serializer=auth_dot_v1_dot_admin__pb2.UnlockUserRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_admin__pb2.UnlockUserResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/auth.v1.AdminService/ListAuditEvents',
+                request_serializer=auth_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.SetUserRole = channel.unary_unary(
                 '/auth.v1.AdminService/SetUserRole',
                 request_serializer=auth_dot_v1_dot_admin__pb2.SetUserRoleRequest.SerializeToString,
@@ -82,6 +87,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """ListAuditEvents pages through the tenant's security events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetUserRole(self, request, context):
         """SetUserRole changes a user's role; it takes effect on the user's next call.
         """
@@ -106,6 +118,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.UnlockUser,
                     request_deserializer=auth_dot_v1_dot_admin__pb2.UnlockUserRequest.FromString,
                     response_serializer=auth_dot_v1_dot_admin__pb2.UnlockUserResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=auth_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'SetUserRole': grpc.unary_unary_rpc_method_handler(
                     servicer.SetUserRole,
@@ -195,6 +212,33 @@ class AdminService:
             '/auth.v1.AdminService/UnlockUser',
             auth_dot_v1_dot_admin__pb2.UnlockUserRequest.SerializeToString,
             auth_dot_v1_dot_admin__pb2.UnlockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AdminService/ListAuditEvents',
+            auth_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            auth_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
