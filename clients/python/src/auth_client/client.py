@@ -9,14 +9,14 @@ Deadline: every call has one, `DEFAULT_TIMEOUT` (5 s) unless the client (`timeou
 (`timeout=`) says otherwise. It bounds the whole call, retries and backoff included.
 
 Retries happen ONLY on UNAVAILABLE and ONLY for RPCs that are safe to send twice (`idempotent` in the
-table below): Introspect, GetMe, ListSessions, ListUsers (reads), UnlockUser and SetUserRole (setting
-the same state again changes nothing). Everything else is sent once, because a first attempt may have
-reached the server before the connection failed: Signup (USERNAME_TAKEN on the retry), Login (a second
-e-mailed code, a failed-login count), VerifyOtp and Refresh (single-use codes and rotating refresh
-tokens: a replayed refresh token revokes the session as stolen), ChangePassword, UnlockAccount
-(single-use token), LogoutSession (SESSION_ALREADY_REVOKED on the retry), LogoutAll (the retry's own
-session may be gone) and LockUser. Attempts are bounded (`RetryPolicy.max_attempts`, default 3), spaced
-by exponential backoff with jitter, and never run past the call's deadline.
+table below): Introspect, GetMe, ListSessions, ListUsers, ListAuditEvents (reads), UnlockUser and
+SetUserRole (setting the same state again changes nothing). Everything else is sent once, because the
+first attempt may have reached the server before the connection failed: Signup (USERNAME_TAKEN on the
+retry), Login (a second e-mailed code, a failed-login count), VerifyOtp and Refresh (single-use codes
+and rotating refresh tokens: a replayed refresh token revokes the session as stolen), ChangePassword,
+UnlockAccount (single-use token), LogoutSession (SESSION_ALREADY_REVOKED on the retry), LogoutAll (the
+retry's own session may be gone) and LockUser. Attempts are bounded (`RetryPolicy.max_attempts`,
+default 3), spaced by exponential backoff with jitter, and never run past the call's deadline.
 
 One declarative table (`RPCS`: method name, request type, idempotent) drives both clients; the RPC path
 and the response type are read from the service descriptors, so the table cannot disagree with the
@@ -82,6 +82,7 @@ RPCS: dict[str, Rpc] = {
         _rpc("logout_all", auth_pb2.LogoutAllRequest, False),
         _rpc("change_password", auth_pb2.ChangePasswordRequest, False),
         _rpc("list_users", admin_pb2.ListUsersRequest, True),
+        _rpc("list_audit_events", admin_pb2.ListAuditEventsRequest, True),
         _rpc("lock_user", admin_pb2.LockUserRequest, False),
         _rpc("unlock_user", admin_pb2.UnlockUserRequest, True),
         _rpc("set_user_role", admin_pb2.SetUserRoleRequest, True),
@@ -308,6 +309,12 @@ class AuthClient(_ClientBase):
         request = admin_pb2.ListUsersRequest(page_size=page_size, page_token=page_token)
         return self.call(RPCS["list_users"], request, options)
 
+    def list_audit_events(
+        self, page_size: int = 0, page_token: str = "", user_id: str = "", **options: Unpack[CallOptions]
+    ) -> admin_pb2.ListAuditEventsResponse:
+        request = admin_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token, user_id=user_id)
+        return self.call(RPCS["list_audit_events"], request, options)
+
     def lock_user(self, user_id: str, reason: str = "", **options: Unpack[CallOptions]) -> admin_pb2.LockUserResponse:
         request = admin_pb2.LockUserRequest(user_id=user_id, reason=reason)
         return self.call(RPCS["lock_user"], request, options)
@@ -448,6 +455,12 @@ class AsyncAuthClient(_ClientBase):
     ) -> admin_pb2.ListUsersResponse:
         request = admin_pb2.ListUsersRequest(page_size=page_size, page_token=page_token)
         return await self.call(RPCS["list_users"], request, options)
+
+    async def list_audit_events(
+        self, page_size: int = 0, page_token: str = "", user_id: str = "", **options: Unpack[CallOptions]
+    ) -> admin_pb2.ListAuditEventsResponse:
+        request = admin_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token, user_id=user_id)
+        return await self.call(RPCS["list_audit_events"], request, options)
 
     async def lock_user(
         self, user_id: str, reason: str = "", **options: Unpack[CallOptions]

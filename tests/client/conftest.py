@@ -1,0 +1,18 @@
+"""The real auth server for the client package's tests: the integration fixtures, over SQLite only.
+
+The client package talks to the server through gRPC alone, so the store behind it does not change what
+these tests prove; SQLite keeps them fast and free of a MongoDB-wire server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import client, make_client, smtp  # noqa: F401
+
+
+@pytest.fixture
+def store_uri(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path}/auth.db"
