@@ -17,7 +17,11 @@ Run it with the project's virtualenv (it needs grpcio, grpcio-health-checking, p
 It uses ghz from ``.cache/bin/ghz`` (or ``$GHZ`` / PATH) and FerretDB from ``.cache/bin/ferretdb``
 (or ``$FERRETDB``); without FerretDB the MongoDB rows are skipped. All servers listen on
 127.0.0.1 with ports chosen by the kernel; every child process is stopped on exit, and each step
-has a timeout, so a default run takes about six minutes.
+has a timeout; a default run takes six to seven minutes (--budget caps it at about eight).
+
+FerretDB 1.24's SQLite backend cannot use its own `_id` index for `find_one({"_id": ...})`, so
+the probe adds an index on the expression its queries use (see `Probe.index_ferret_ids`);
+otherwise FerretDB itself, not the gRPC server, would be what the MongoDB rows measure.
 """
 
 from __future__ import annotations
@@ -523,10 +527,12 @@ class Probe:
             f"--sqlite={self.sqlite_path}",
             f"--mongo={self.mongo_uri}",
         ]
-        server = self.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        server_log = self.tmp / f"server-{case.key}.log"
+        with server_log.open("w") as err_file:  # a file, not a pipe: a chatty server must never block
+            server = self.spawn(cmd, stdout=subprocess.PIPE, stderr=err_file)
         loader: subprocess.Popen[str] | None = None
         try:
-            port = _read_port(server, timeout=20)
+            port = _read_port(server, server_log, timeout=20)
             if case.work == "noop+bcrypt":
                 loader = self.spawn(
                     [
@@ -566,7 +572,7 @@ class Probe:
                 stamps = json.loads(out)["done"]
                 hashes = sum(1 for s in stamps if t0 <= s <= t1) / (t1 - t0)
             if server.poll() is not None:
-                raise RuntimeError(f"server exited: {server.stderr.read()[-1000:]}")
+                raise RuntimeError(f"server exited: {server_log.read_text()[-1000:]}")
             run = _parse_ghz(report, cpu, store, hashes, self.args.concurrency)
             run.ghz_cpu, run.foreign_cpu = ghz_cpu, foreign
             return run
@@ -623,14 +629,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_port(proc: subprocess.Popen[str], timeout: float) -> int:
+def _read_port(proc: subprocess.Popen[str], log_file: Path, timeout: float) -> int:
     assert proc.stdout is not None
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     if not result or not result[0].startswith("PORT "):
-        err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+        err = log_file.read_text() if log_file.exists() else ""
         raise RuntimeError(f"server did not start: {result!r} {err[-1000:]}")
     return int(result[0].split()[1])
 
@@ -740,7 +746,8 @@ def render(cases: list[Case], results: dict[str, list[Run]], args: argparse.Name
             continue
         rps = _med([r.rps for r in runs])
         each = " / ".join(f"{r.rps:.0f}" for r in runs)
-        ratio = rps / base[case.key[0]]
+        sync_rps = base[case.key[0]]
+        ratio = f"{rps / sync_rps:.2f}x" if sync_rps == sync_rps and sync_rps else "n/a"
         notes: list[str] = []
         if case.info_only:
             notes.append("info only: blocks the loop")
@@ -750,7 +757,8 @@ def render(cases: list[Case], results: dict[str, list[Run]], args: argparse.Name
         if case.work == "noop+bcrypt":
             hps = _med([r.hashes_per_s or 0.0 for r in runs])
             notes.append(f"{hps:.1f} hash/s")
-            notes.append(f"{rps / idle[case.model]:.0%} of idle no-op")
+            if idle[case.model] == idle[case.model]:  # not NaN: the idle no-op row ran
+                notes.append(f"{rps / idle[case.model]:.0%} of idle no-op")
         lines.append(
             f"| {case.label} | {server} | {rps:.0f} | {each} "
             f"| {_med([r.p50_ms for r in runs]):.2f} | {_med([r.p99_ms for r in runs]):.2f} "
@@ -758,7 +766,7 @@ def render(cases: list[Case], results: dict[str, list[Run]], args: argparse.Name
             f"| {_med([r.server_cpu for r in runs]):.0%} / {_med([r.ghz_cpu for r in runs]):.0%} "
             f"| {_med([1e6 * r.server_cpu / r.rps for r in runs if r.rps]):.0f} "
             f"| {max(r.foreign_cpu for r in runs):.0%} "
-            f"| {ratio:.2f}x | {'; '.join(notes)} |"
+            f"| {ratio} | {'; '.join(notes)} |"
         )
     lines += [
         "",
