@@ -150,3 +150,51 @@ def test_bad_configuration_is_one_clear_line(
     assert needle in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones(env: dict[str, str], smtp: SmtpSink) -> None:
+    """A Login is provably inside the server (its mail is held at the SMTP sink) when SIGTERM arrives: it
+    still completes, a new call is refused, the process exits 0, and a restart keeps committed sessions."""
+    import signal
+    import threading
+
+    import grpc
+
+    from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    server = ServerProcess({**env, "AUTH_SHUTDOWN_GRACE": "20", "AUTH_OTP_RESEND_INTERVAL": "0"}).start()
+    channel = grpc.insecure_channel(server.addr)
+    auth = auth_pb2_grpc.AuthServiceStub(channel)
+    auth.Signup(auth_pb2.SignupRequest(username="busy", email="busy@example.com", password="correct horse battery"))
+    login = auth.Login(auth_pb2.LoginRequest(username_or_email="busy", password="correct horse battery"))
+    code = smtp.last_code("busy@example.com")
+    kept = auth.VerifyOtp(auth_pb2.VerifyOtpRequest(login_id=login.login_id, otp=code))
+
+    smtp.hold = threading.Event()
+    in_flight = auth.Login.future(auth_pb2.LoginRequest(username_or_email="busy", password="correct horse battery"))
+    assert smtp.arrived.acquire(timeout=10)  # the call is inside the server, waiting on the mail server
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    # Until the server has begun its shutdown, calls still get answers; then every new one is refused,
+    # while the held Login is still running. A bounded number of quick calls, no sleeping.
+    refused = False
+    for _ in range(500):
+        with grpc.insecure_channel(server.addr) as late_channel:
+            try:
+                auth_pb2_grpc.AuthServiceStub(late_channel).GetMe(auth_pb2.GetMeRequest(), timeout=5)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                    refused = True
+                    break
+    assert refused and not in_flight.done()
+    smtp.hold.set()
+    assert in_flight.result(timeout=20).login_id  # the in-flight call completed
+    assert server.proc.wait(timeout=30) == 0
+    channel.close()
+
+    with running(env) as again:
+        with grpc.insecure_channel(again.addr) as fresh:
+            me = auth_pb2_grpc.AuthServiceStub(fresh).GetMe(
+                auth_pb2.GetMeRequest(), metadata=[("authorization", f"Bearer {kept.access_token}")]
+            )
+            assert me.user.username == "busy"  # the session committed before the restart is still there

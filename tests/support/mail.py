@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -30,6 +31,10 @@ class Mail:
 class SmtpSink:
     def __init__(self) -> None:
         self.mails: list[Mail] = []
+        # When `hold` is set up (hold_deliveries), each delivery signals `arrived` and then waits for
+        # `hold` to be set: a test can keep a Login call provably in flight.
+        self.hold: threading.Event | None = None
+        self.arrived = threading.Semaphore(0)
         self._changed = threading.Condition()
         self._controller = Controller(self, hostname="127.0.0.1", port=free_port())
 
@@ -45,6 +50,9 @@ class SmtpSink:
         self._controller.stop()
 
     async def handle_DATA(self, server, session, envelope) -> str:
+        if self.hold is not None:
+            self.arrived.release()
+            await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 60)
         message = message_from_bytes(envelope.content, policy=policy.default)
         body = message.get_body(("plain",))
         mail = Mail(to=envelope.rcpt_tos[0], subject=str(message["subject"]), body=body.get_content() if body else "")
