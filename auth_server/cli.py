@@ -10,16 +10,21 @@ Configuration errors and an unreachable store end the process with a one-line me
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 
-from auth_server.config import ConfigError, Settings, check_addr, load_settings
+from auth_server.config import ConfigError, Settings, check_addr, load_settings, redact_uri
 from auth_server.store.base import StoreUnavailable
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-addr", help="listen address (AUTH_GRPC_ADDR)")
     serve.add_argument("--http-addr", help="HTTP bridge listen address (AUTH_HTTP_ADDR)")
     serve.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="server processes sharing the gRPC port (SO_REUSEPORT)"
+    )
     bridge = sub.add_parser("bridge", help="run the HTTP bridge alone, in front of a gRPC server")
     bridge.add_argument("--upstream", help="gRPC server HOST:PORT (default: from AUTH_GRPC_ADDR)")
     bridge.add_argument("--http-addr", help="HTTP bridge listen address (AUTH_HTTP_ADDR)")
@@ -43,11 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from auth_server import logs
+
+    logs.configure(settings.log_level)
 
 
 def _wait_for_signal() -> None:
@@ -65,7 +71,10 @@ def serve(settings: Settings) -> int:
     _configure_logging(settings)
     app = create_server(trust_local_bridge(settings))
     host = settings.grpc_addr.rpartition(":")[0]
-    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {settings.store_uri})", flush=True)
+    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {redact_uri(settings.store_uri)})", flush=True)
+    if settings.metrics_addr:
+        app.metrics.serve(settings.metrics_addr)
+        print(f"auth-server: metrics on http://{settings.metrics_addr}/metrics", flush=True)
     try:
         bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port)).start()
     except BaseException:
@@ -129,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             http_addr=getattr(args, "http_addr", None),
             store=getattr(args, "store", None),
         )
+        workers = getattr(args, "workers", 1)
+        if workers > 1:
+            from auth_server.workers import serve_workers
+
+            return serve_workers(settings, workers)
         return serve(settings)
     except ConfigError as error:
         print(f"auth-server: configuration error: {error}", file=sys.stderr)

@@ -56,6 +56,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024  # AUTH_MAX_MESSAGE_BYTES: largest request accepted
     shutdown_grace: float = 10.0  # AUTH_SHUTDOWN_GRACE seconds for in-flight calls on SIGTERM
     log_level: str = "INFO"  # AUTH_LOG_LEVEL
+    metrics_addr: str = ""  # AUTH_METRICS_ADDR: HOST:PORT of the Prometheus /metrics endpoint; empty: off
     dev_secret_file: str | None = None  # where a generated dev secret lives (None: given by env)
     jwt_algorithm: str = "HS256"  # AUTH_JWT_ALGORITHM: HS256 (key from the secret), ES256 or EdDSA
     jwt_private_key_file: str | None = None  # AUTH_JWT_PRIVATE_KEY_FILE: PEM key for ES256/EdDSA
@@ -98,6 +99,14 @@ def check_store_uri(value: str) -> str:
     else:
         raise ConfigError(f"AUTH_STORE: unknown scheme {parts.scheme!r} (use sqlite:/// or mongodb://)")
     return value
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its credentials, for logs and start-up lines."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def sqlite_path(store_uri: str) -> Path | None:
@@ -259,4 +268,5 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         max_message_bytes=_int(env, "AUTH_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
         shutdown_grace=grace,
         log_level=level,
+        metrics_addr=check_addr("AUTH_METRICS_ADDR", env["AUTH_METRICS_ADDR"]) if env.get("AUTH_METRICS_ADDR") else "",
     )

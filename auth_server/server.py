@@ -113,8 +113,12 @@ def create_server(
     store: Store | None = None,
     mailer: Mailer | None = None,
     health_interval: float = HEALTH_INTERVAL_SECONDS,
+    reuse_port: bool = False,
 ) -> App:
-    """Open the store (StoreUnavailable if it cannot be reached), build and start the server."""
+    """Open the store (StoreUnavailable if it cannot be reached), build and start the server.
+
+    `reuse_port` lets several worker processes listen on one port (SO_REUSEPORT; auth_server/workers.py).
+    """
     secret = settings.jwt_secret or load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")
     keys = KeyRing.from_secret(secret)
     store = store or open_store(settings.store_uri)
@@ -147,7 +151,7 @@ def create_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions), server)

@@ -8,8 +8,10 @@ Policy (AUTH_REFRESH_COOKIE, default on):
   whose message has a `refresh_token` field (Refresh) takes it from the JSON body when given there,
   else from the cookie; taking it from the cookie requires `Content-Type: application/json`, which
   a cross-site form cannot send without a CORS preflight. The cookie is cleared when the refresh
-  fails with 401 and after the calls that end the caller's own session (`LogoutAll` without
-  `keepCurrent`, `ChangePassword`).
+  fails with 401 and after the calls that end the session the cookie belongs to (`LogoutAll`
+  without `keepCurrent`, `ChangePassword`, and `LogoutSession` of the cookie's own session, told by
+  the session id inside the refresh token: a format check only, no verification: that stays with
+  the service). So a page reloaded after "Log out" is not mistaken for one revoked elsewhere.
 - off: no cookie at all; `refreshToken` stays in the JSON body (non-browser clients).
 `Secure` is always set: browsers accept it over plain http only on localhost/127.0.0.1 (secure
 contexts), so a deployment serves the bridge over TLS (or behind a TLS proxy).
@@ -18,20 +20,30 @@ contexts), so a deployment serves the bridge over TLS (or behind a TLS proxy).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
+
+from auth_server.tokens import RefreshTokens
 
 COOKIE_NAME = "refresh_token"
 COOKIE_PATH = "/api/v1/auth"
 FIELD = "refresh_token"
 JSON_FIELD = "refreshToken"
 
-# RPC -> does this request end the caller's own session (so the cookie must go)?
-ENDS_OWN_SESSION = {
-    "auth.v1.AuthService.LogoutAll": lambda request: not request.keep_current,
-    "auth.v1.AuthService.ChangePassword": lambda request: True,
+# RPC -> does this request end the session of the refresh cookie `token` (so the cookie must go)?
+ENDS_OWN_SESSION: dict[str, Callable[[Any, str | None], bool]] = {
+    "auth.v1.AuthService.LogoutAll": lambda request, token: not request.keep_current,
+    "auth.v1.AuthService.ChangePassword": lambda request, token: True,
+    "auth.v1.AuthService.LogoutSession": lambda request, token: _session_of(token) == request.session_id,
 }
+
+
+def _session_of(token: str | None) -> str | None:
+    parsed = RefreshTokens.parse(token or "")
+    return parsed.session_id if parsed else None
 
 
 def carries_token(message_type: Descriptor) -> bool:
@@ -58,6 +70,6 @@ def clear_cookie() -> str:
     return f"{COOKIE_NAME}=; {_attributes(0)}"
 
 
-def ends_own_session(rpc: str, request: Message) -> bool:
+def ends_own_session(rpc: str, request: Message, token: str | None) -> bool:
     check = ENDS_OWN_SESSION.get(rpc)
-    return bool(check and check(request))
+    return bool(check and check(request, token))

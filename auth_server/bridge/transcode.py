@@ -70,9 +70,7 @@ def _short(error: Exception) -> str:
 
 
 def _field(message_type: Descriptor, name: str) -> FieldDescriptor | None:
-    return message_type.fields_by_name.get(name) or next(
-        (f for f in message_type.fields if f.json_name == name), None
-    )
+    return message_type.fields_by_name.get(name) or next((f for f in message_type.fields if f.json_name == name), None)
 
 
 def _nest(path: str, value: Any) -> dict[str, Any]:
@@ -119,7 +117,7 @@ def _query_dict(message_type: Descriptor, query: list[tuple[str, str]], skip: se
         ):
             raise bad_request("invalid_field", f"Query parameter {name!r} is not a scalar field.")
         value = _scalar(field, raw, name)
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             leaf: Any = result
             for part in names[:-1]:
                 leaf = leaf.setdefault(part, {})

@@ -198,3 +198,25 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones(env: d
                 auth_pb2.GetMeRequest(), metadata=[("authorization", f"Bearer {kept.access_token}")]
             )
             assert me.user.username == "busy"  # the session committed before the restart is still there
+
+
+def test_metrics_endpoint_and_json_logs(env: dict[str, str]) -> None:
+    """Prometheus text on AUTH_METRICS_ADDR; every log line on stderr is one JSON object."""
+    import urllib.request
+
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    server = ServerProcess({**env, "AUTH_METRICS_ADDR": metrics_addr}).start()
+    try:
+        assert grpcurl(server.addr, "grpc.health.v1.Health/Check").returncode == 0
+        grpcurl(server.addr, "auth.v1.AuthService/GetMe")  # UNAUTHENTICATED, counted too
+        with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'auth_rpc_calls_total{code="UNAUTHENTICATED",method="/auth.v1.AuthService/GetMe"} 1.0' in text
+        assert "auth_rpc_latency_seconds_bucket" in text and "auth_store_errors_total 0.0" in text
+    finally:
+        server.stop()
+    log_lines = [line for line in server.output if line.startswith("{")]
+    assert log_lines, server.output
+    entries = [json.loads(line) for line in log_lines]
+    access = [e for e in entries if e.get("logger") == "auth.access"]
+    assert any(e["method"] == "/auth.v1.AuthService/GetMe" and e["reason"] == "TOKEN_MISSING" for e in access)

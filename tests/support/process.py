@@ -32,13 +32,27 @@ def tool(name: str) -> str:
     pytest.skip(message)
 
 
+GRPC_READY = "gRPC listening"
+HTTP_READY = "HTTP bridge listening on "
+
+
 class ServerProcess:
+    """`auth-server serve` (gRPC + HTTP bridge, each on a free port) or another command, e.g. `bridge`.
+
+    Ready when every readiness line of the command was printed: `serve` prints the gRPC line, then the
+    bridge's; `bridge` only the bridge's. `http_url` is the bridge's base URL as the process printed it.
+    """
+
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("serve",)) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "AUTH_GRPC_ADDR": self.addr, **env}
+        self.http_port = free_port()
+        self.http_addr = f"127.0.0.1:{self.http_port}"
+        self.http_url = f"http://{self.http_addr}"
+        self.env = {**os.environ, "AUTH_GRPC_ADDR": self.addr, "AUTH_HTTP_ADDR": self.http_addr, **env}
         self.args = args
         self.output: list[str] = []
+        self._waiting_for = {HTTP_READY} if args[:1] == ("bridge",) else {GRPC_READY, HTTP_READY}
         self._ready = threading.Event()
         self.proc: subprocess.Popen[str] | None = None
 
@@ -61,7 +75,12 @@ class ServerProcess:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
             self.output.append(line)
-            if "gRPC listening" in line:
+            for marker in list(self._waiting_for):
+                if marker in line:
+                    self._waiting_for.discard(marker)
+                    if marker == HTTP_READY:
+                        self.http_url = line.split(HTTP_READY, 1)[1].split()[0]
+            if not self._waiting_for:
                 self._ready.set()
         self._ready.set()  # the process ended: wake whoever waits
 

@@ -1,0 +1,219 @@
+// auth-server demo: sign up, log in with an e-mailed code, list and revoke devices.
+// The access token is kept in this variable only (never in storage); the refresh token is an HttpOnly
+// cookie the bridge sets, so this script never sees it. Every answer of the bridge is JSON; errors are
+// {"error": {"code", "status", "reason", "message"}} with the reason in lower case.
+'use strict';
+
+const API = '/api/v1/auth';
+const REVOKED_TEXT = 'Your session was revoked from another device';
+let accessToken = null;
+let loginId = null;
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(error) {
+    super(error.message || 'Request failed');
+    this.code = error.code;
+    this.reason = error.reason;
+    this.fields = error.fields || [];
+  }
+}
+
+async function call(method, path, body, { auth = true, retry = true } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (auth && accessToken) headers.Authorization = 'Bearer ' + accessToken;
+  const response = await fetch(API + path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: 'same-origin',
+  });
+  const data = await response.json().catch(() => ({}));
+  if (response.ok) return data;
+  const error = data.error || { code: response.status, reason: 'unknown', message: response.statusText };
+  if (response.status === 401 && error.reason === 'session_revoked') {
+    showRevoked();
+    throw new ApiError(error);
+  }
+  if (response.status === 401 && error.reason === 'token_expired' && auth && retry && (await refresh())) {
+    return call(method, path, body, { auth, retry: false });
+  }
+  throw new ApiError(error);
+}
+
+async function refresh() {
+  try {
+    const data = await call('POST', '/refresh', {}, { auth: false, retry: false });
+    accessToken = data.accessToken;
+    return true;
+  } catch (error) {
+    return false;
+  }
+}
+
+function say(text, isError = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('error', isError);
+}
+
+function explain(error) {
+  const fields = (error.fields || []).map((f) => `${f.field}: ${f.description}`).join('; ');
+  say(fields ? `${error.message} (${fields})` : error.message, true);
+}
+
+function showSignedOut() {
+  accessToken = null;
+  $('signed-in').hidden = true;
+  $('signed-out').hidden = false;
+  $('code-form').hidden = loginId === null;
+}
+
+function showRevoked() {
+  loginId = null;
+  showSignedOut();
+  const notice = $('notice');
+  notice.textContent = REVOKED_TEXT;
+  notice.hidden = false;
+  say('');
+}
+
+function formatTime(value) {
+  return value ? new Date(value).toLocaleString() : 'unknown';
+}
+
+function renderDevices(sessions) {
+  const list = $('devices');
+  list.replaceChildren();
+  for (const session of sessions) {
+    const item = document.createElement('li');
+    item.className = session.isCurrent ? 'current' : '';
+    item.dataset.sessionId = session.id;
+
+    const device = document.createElement('div');
+    device.className = 'device';
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = session.deviceName || 'Unknown device';
+    device.append(name);
+    if (session.isCurrent) {
+      const badge = document.createElement('span');
+      badge.className = 'badge';
+      badge.textContent = 'This device';
+      device.append(' ', badge);
+    }
+    const meta = document.createElement('span');
+    meta.className = 'meta';
+    meta.textContent = `${session.ipAddress || 'unknown IP'} · last active ${formatTime(session.lastActivity)}`;
+    device.append(meta);
+
+    const revoke = document.createElement('button');
+    revoke.type = 'button';
+    revoke.className = 'revoke secondary';
+    revoke.textContent = session.isCurrent ? 'Log out' : 'Revoke';
+    revoke.addEventListener('click', () => revokeSession(session.id, session.isCurrent));
+
+    item.append(device, revoke);
+    list.append(item);
+  }
+}
+
+async function showDevices() {
+  try {
+    const me = await call('GET', '/me');
+    const data = await call('GET', '/sessions');
+    $('whoami').textContent = `Signed in as ${me.user.username} (${me.user.email}).`;
+    renderDevices(data.sessions);
+    $('signed-out').hidden = true;
+    $('signed-in').hidden = false;
+  } catch (error) {
+    if (error.reason !== 'session_revoked') explain(error);
+  }
+}
+
+async function revokeSession(id, isCurrent) {
+  try {
+    const data = await call('DELETE', '/sessions/' + encodeURIComponent(id));
+    say(data.message);
+    if (isCurrent) {
+      showSignedOut();
+    } else {
+      await showDevices();
+    }
+  } catch (error) {
+    if (error.reason !== 'session_revoked') explain(error);
+  }
+}
+
+function onSubmit(id, handler) {
+  $(id).addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      await handler();
+    } catch (error) {
+      if (error.reason !== 'session_revoked') explain(error);
+    }
+  });
+}
+
+onSubmit('signup-form', async () => {
+  const data = await call(
+    'POST',
+    '/signup',
+    { username: $('signup-username').value, email: $('signup-email').value, password: $('signup-password').value },
+    { auth: false },
+  );
+  say(`Account created for ${data.user.username}. Log in now.`);
+  $('login-user').value = data.user.username;
+});
+
+onSubmit('login-form', async () => {
+  const data = await call(
+    'POST',
+    '/login',
+    { usernameOrEmail: $('login-user').value, password: $('login-password').value },
+    { auth: false },
+  );
+  loginId = data.loginId;
+  $('code-hint').textContent = `We e-mailed a 6-digit code to ${data.deliveryHint}.`;
+  $('code-form').hidden = false;
+  $('code').focus();
+  say(data.message);
+});
+
+onSubmit('code-form', async () => {
+  const body = { loginId, otp: $('code').value.trim() };
+  const deviceName = $('device-name').value.trim();
+  if (deviceName) body.deviceName = deviceName;
+  const data = await call('POST', '/login/verify', body, { auth: false });
+  accessToken = data.accessToken;
+  loginId = null;
+  $('code').value = '';
+  $('code-form').hidden = true;
+  $('notice').hidden = true;
+  say(data.message);
+  await showDevices();
+});
+
+$('refresh-devices').addEventListener('click', () => showDevices());
+
+$('logout-all').addEventListener('click', async () => {
+  try {
+    const data = await call('POST', '/logout/all', { keepCurrent: false });
+    showSignedOut();
+    say(`${data.message} (${data.revokedCount}).`);
+  } catch (error) {
+    if (error.reason !== 'session_revoked') explain(error);
+  }
+});
+
+// A reload loses the in-memory access token: the HttpOnly refresh cookie (if any) gets a new one.
+(async () => {
+  if (await refresh()) {
+    await showDevices();
+  } else {
+    showSignedOut();
+  }
+  document.body.dataset.ready = 'true';
+})();

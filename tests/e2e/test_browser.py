@@ -1,0 +1,205 @@
+"""The demo page (/demo) in headless Chromium, as a person uses it: sign up, log in, type the e-mailed code
+(read from a real SMTP server), see "My devices" with this device marked, then a second browser revokes
+the first one's session and the first shows "Your session was revoked from another device".
+
+Chromium and ChromeDriver come from Debian (scripts/provision-browser). Missing: skipped loudly, except
+under CI=true, where that is a failure. Screenshots go to the test's tmp dir and to .cache/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.mail import SmtpSink
+from tests.support.process import REPO, ServerProcess, running
+
+pytestmark = pytest.mark.e2e
+SECRET = "e2e-secret-e2e-secret-e2e-secret-e2e-secret"
+PASSWORD = "correct horse battery"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = REPO / ".cache" / "artifacts"
+REVOKED_TEXT = "Your session was revoked from another device"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1000,1000",
+)
+
+
+def _require_browser() -> Any:
+    """The selenium webdriver module, once Chromium and its driver are known to be there."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("selenium (pip, the test extras)")
+        webdriver = None
+    if missing:
+        message = f"browser test needs {', '.join(missing)}: run scripts/provision-browser"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return webdriver
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, smtp: SmtpSink) -> Iterator[ServerProcess]:
+    env = {
+        "AUTH_STORE": f"sqlite:///{tmp_path}/auth.db",
+        "AUTH_JWT_SECRET": SECRET,
+        "AUTH_SMTP_URL": smtp.url,
+        "AUTH_BCRYPT_ROUNDS": "4",
+        "AUTH_OTP_RESEND_INTERVAL": "0",  # two browsers log the same user in within seconds
+    }
+    with running(env) as process:
+        yield process
+
+
+@contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """One headless Chromium with its own fresh profile: a separate browser context (cookies included)."""
+    webdriver = _require_browser()
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for downloads
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = 20) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:  # the page re-renders lists: an element read mid-render is retried, not a failure
+        return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+    except TimeoutException:
+        status = driver.execute_script("return document.getElementById('status')?.textContent")
+        raise AssertionError(f"timed out waiting for {what}; page status: {status!r}") from None
+
+
+def by_id(driver: Any, element_id: str) -> Any:
+    return driver.find_element("id", element_id)
+
+
+def open_demo(driver: Any, server: ServerProcess) -> None:
+    driver.get(server.http_url + "/demo")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === 'true'"), "the page to load")
+
+
+def fill(driver: Any, values: dict[str, str]) -> None:
+    for element_id, value in values.items():
+        field = by_id(driver, element_id)
+        field.clear()
+        field.send_keys(value)
+
+
+def devices(driver: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": item.find_element("css selector", ".name").text,
+            "current": bool(item.find_elements("css selector", ".badge")),
+            "id": item.get_attribute("data-session-id"),
+            "item": item,
+        }
+        for item in driver.find_elements("css selector", "#devices li")
+    ]
+
+
+def log_in(driver: Any, smtp: SmtpSink, username: str, email: str, device_name: str | None) -> None:
+    mails = len(smtp.to(email))
+    fill(driver, {"login-user": username, "login-password": PASSWORD})
+    by_id(driver, "login-button").click()
+    wait(driver, lambda d: by_id(d, "code-form").is_displayed(), "the code form")
+    fill(driver, {"code": smtp.last_code(email, mails + 1), **({"device-name": device_name} if device_name else {})})
+    by_id(driver, "code-button").click()
+    wait(driver, lambda d: by_id(d, "signed-in").is_displayed() and devices(d), "My devices")
+
+
+def screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name
+    driver.save_screenshot(str(target))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(target, ARTIFACTS / name)
+    return target
+
+
+def test_devices_and_revocation_from_a_second_browser(server: ServerProcess, smtp: SmtpSink, tmp_path: Path) -> None:
+    _require_browser()
+    username, email = "ada", "ada@example.com"
+    with chromium(tmp_path / "profile-a") as first, chromium(tmp_path / "profile-b") as second:
+        # First browser: sign up, log in with the e-mailed code, naming the device.
+        open_demo(first, server)
+        assert by_id(first, "signed-out").is_displayed() and not by_id(first, "notice").is_displayed()
+        fill(first, {"signup-username": username, "signup-email": email, "signup-password": PASSWORD})
+        by_id(first, "signup-button").click()
+        wait(first, lambda d: "Account created" in by_id(d, "status").text, "the sign-up confirmation")
+        log_in(first, smtp, username, email, "Browser A")
+        assert [(d["name"], d["current"]) for d in devices(first)] == [("Browser A", True)]
+        assert "Signed in as ada (ada@example.com)." == by_id(first, "whoami").text
+
+        # The refresh token is an HttpOnly, Secure, SameSite=Strict cookie that the browser kept over
+        # plain http on 127.0.0.1 (a secure context) and that scripts cannot read...
+        # (WebDriver lists only the cookies of the page's own path; DevTools sees the API path's too.)
+        stored = first.execute_cdp_cmd("Network.getCookies", {"urls": [server.http_url + "/api/v1/auth/refresh"]})
+        (cookie,) = [c for c in stored["cookies"] if c["name"] == "refresh_token"]
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        assert cookie["path"] == "/api/v1/auth"
+        assert "refresh_token" not in first.execute_script("return document.cookie")
+        # ...and that signs the page in again after a reload (the access token lived only in memory).
+        open_demo(first, server)
+        wait(first, lambda d: by_id(d, "signed-in").is_displayed() and devices(d), "signed in again after reload")
+
+        # Second browser (its own profile: a separate context): the same user logs in, device name from
+        # the browser's User-Agent; both devices are listed, this one marked.
+        open_demo(second, server)
+        log_in(second, smtp, username, email, None)
+        listed = devices(second)
+        assert sorted((d["name"], d["current"]) for d in listed) == [("Browser A", False), ("Chrome on Linux", True)]
+        shot = screenshot(second, tmp_path, "devices.png")
+        assert shot.stat().st_size > 10_000
+
+        # Revoke the first browser's session from the second one.
+        (target,) = [d for d in listed if d["name"] == "Browser A"]
+        target["item"].find_element("css selector", "button.revoke").click()
+        wait(second, lambda d: "Session revoked successfully" in by_id(d, "status").text, "the revoke confirmation")
+        wait(second, lambda d: [x["name"] for x in devices(d)] == ["Chrome on Linux"], "the list without Browser A")
+
+        # The first browser's next call answers 401 session_revoked: the page says so.
+        by_id(first, "refresh-devices").click()
+        wait(first, lambda d: by_id(d, "notice").is_displayed(), "the revoked notice")
+        assert by_id(first, "notice").text == REVOKED_TEXT
+        assert not by_id(first, "signed-in").is_displayed() and by_id(first, "login-form").is_displayed()
+        screenshot(first, tmp_path, "revoked.png")
+
+        # The second browser is unaffected.
+        by_id(second, "refresh-devices").click()
+        wait(second, lambda d: by_id(d, "signed-in").is_displayed(), "the second browser still signed in")
+        assert not by_id(second, "notice").is_displayed()
