@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import client, make_client, smtp  # noqa: F401
+from tests.integration.conftest import client, make_client, server_mode, smtp  # noqa: F401
 
 
 @pytest.fixture

@@ -148,7 +148,7 @@ def make_orders() -> Iterator[Callable[..., Orders]]:
 
 @pytest.fixture
 def orders(client: Client, make_orders: Callable[..., Orders]) -> Orders:
-    return make_orders(f"127.0.0.1:{client.app.port}")
+    return make_orders(client.addr)
 
 
 def sign_in(auth: AuthClient, smtp: SmtpSink, username: str, tenant: str | None = None) -> auth_pb2.VerifyOtpResponse:
@@ -222,7 +222,7 @@ def test_revocation_takes_effect_once_the_cache_ttl_passes(client: Client, order
 
 
 def test_zero_ttl_means_no_revocation_delay(client: Client, make_orders: Callable[..., Orders]) -> None:
-    orders = make_orders(f"127.0.0.1:{client.app.port}", cache_ttl=0)
+    orders = make_orders(client.addr, cache_ttl=0)
     tokens = sign_in(orders.auth, client.smtp, "erin")
     orders.call("ListOrders", tokens.access_token)
     orders.auth.with_token(tokens.access_token).logout_all()
@@ -281,7 +281,7 @@ def test_async_client_against_the_real_server(client: Client) -> None:
     address = "ivy@example.com"
 
     async def scenario() -> None:
-        async with AsyncAuthClient(f"127.0.0.1:{client.app.port}") as auth:
+        async with AsyncAuthClient(client.addr) as auth:
             signed_up = await auth.signup("ivy", address, PASSWORD, name="Ivy")
             assert signed_up.user.username == "ivy" and signed_up.user.role == 1  # ROLE_USER
             login = await auth.login("ivy", PASSWORD)
@@ -302,7 +302,7 @@ def test_async_guard_with_async_interceptor(client: Client) -> None:
     tokens = sign_in(AuthClient(client.channel), client.smtp, "jack")
 
     async def scenario() -> None:
-        auth = AsyncAuthClient(f"127.0.0.1:{client.app.port}")
+        auth = AsyncAuthClient(client.addr)
         guard = AsyncGuard(RULES, auth, cache_ttl=TTL)
         server = grpc.aio.server(interceptors=[guard])
         server.add_generic_rpc_handlers((async_orders_handler(),))

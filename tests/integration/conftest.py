@@ -1,4 +1,9 @@
-"""The real server, in process on a free port, over both stores, with mail going to a real SMTP sink."""
+"""The real server on a free port, over both stores, with mail going to a real SMTP sink.
+
+By default the server runs in this process (`create_server`, the same code `auth-server serve` runs);
+a test module that sets the `server_mode` fixture to "process" gets the real `auth-server` process
+instead, with its own connection to the same store for checking what was written.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from grpc_health.v1 import health_pb2_grpc
 from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.config import load_settings
 from auth_server.server import App, create_server
+from auth_server.store import open_store
 from tests.support.mail import SmtpSink
+from tests.support.process import ServerProcess
 
 PASSWORD = "correct horse battery"
 SECRET = "integration-test-secret-that-is-long-enough"
@@ -39,7 +46,10 @@ def store_uri(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 class Client:
     """Stubs on one channel plus the helpers most tests need."""
 
-    app: App
+    app: App | None  # None when the server is a separate process
+    store: Any  # the server's store (in process), or a connection of our own to the same database
+    store_uri: str
+    addr: str
     smtp: SmtpSink
     channel: grpc.Channel
     auth: auth_pb2_grpc.AuthServiceStub = field(init=False)
@@ -50,14 +60,6 @@ class Client:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    @property
-    def store(self) -> Any:
-        return self.app.store
-
-    @property
-    def store_uri(self) -> str:
-        return self.app.settings.store_uri
 
     def signup(self, username: str, tenant: str | None = None, password: str = PASSWORD) -> auth_pb2.User:
         request = auth_pb2.SignupRequest(username=username, email=f"{username}@example.com", password=password)
@@ -98,34 +100,44 @@ def md(token: str | None = None, tenant: str | None = None, **extra: str) -> lis
 
 
 @pytest.fixture
-def make_client(store_uri: str, smtp: SmtpSink) -> Iterator[Any]:
-    apps: list[App] = []
-    channels: list[grpc.Channel] = []
+def server_mode() -> str:
+    return "inprocess"
+
+
+@pytest.fixture
+def make_client(store_uri: str, smtp: SmtpSink, server_mode: str) -> Iterator[Any]:
+    closers: list[Any] = []
 
     def make(**env: str) -> Client:
-        settings = load_settings(
-            {
-                "AUTH_STORE": store_uri,
-                "AUTH_GRPC_ADDR": "127.0.0.1:0",
-                "AUTH_JWT_SECRET": SECRET,
-                "AUTH_SMTP_URL": smtp.url,
-                "AUTH_BCRYPT_ROUNDS": "4",
-                "AUTH_TENANTS": "default,acme",
-                "AUTH_OTP_RESEND_INTERVAL": "0",
-                **env,
-            }
-        )
-        app = create_server(settings, health_interval=0.2)
-        apps.append(app)
-        channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-        channels.append(channel)
-        return Client(app, smtp, channel)
+        env = {
+            "AUTH_STORE": store_uri,
+            "AUTH_GRPC_ADDR": "127.0.0.1:0",
+            "AUTH_JWT_SECRET": SECRET,
+            "AUTH_SMTP_URL": smtp.url,
+            "AUTH_BCRYPT_ROUNDS": "4",
+            "AUTH_TENANTS": "default,acme",
+            "AUTH_OTP_RESEND_INTERVAL": "0",
+            **env,
+        }
+        if server_mode == "process":
+            env.pop("AUTH_GRPC_ADDR")  # ServerProcess picks free gRPC and HTTP ports itself
+            process = ServerProcess(env).start()
+            closers.append(process.stop)
+            store = open_store(store_uri)
+            store.open()
+            closers.append(store.close)
+            app, addr = None, process.addr
+        else:
+            app = create_server(load_settings(env), health_interval=0.2)
+            closers.append(lambda: app.stop(0))
+            store, addr = app.store, f"127.0.0.1:{app.port}"
+        channel = grpc.insecure_channel(addr)
+        closers.append(channel.close)
+        return Client(app, store, store_uri, addr, smtp, channel)
 
     yield make
-    for channel in channels:
-        channel.close()
-    for app in apps:
-        app.stop(0)
+    for close in reversed(closers):
+        close()
 
 
 @pytest.fixture

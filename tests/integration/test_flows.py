@@ -15,6 +15,12 @@ from tests.support.mail import UNLOCK_IN_MAIL
 from tests.support.rpc import fails
 
 
+@pytest.fixture
+def server_mode() -> str:
+    """The account flows run against the real `auth-server` process (mail through the SMTP sink)."""
+    return "process"
+
+
 def test_signup_creates_a_plain_user_and_refuses_duplicates(client: Client) -> None:
     user = client.auth.Signup(
         auth_pb2.SignupRequest(

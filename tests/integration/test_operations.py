@@ -81,6 +81,7 @@ def test_metrics_count_calls_and_security_events(client: Client) -> None:
     token = client.sign_in("counted").access_token
     client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(token))
     fails(client.auth.GetMe, auth_pb2.GetMeRequest())
+    assert client.app is not None
     registry = client.app.metrics.registry
     value = registry.get_sample_value
     assert value("auth_rpc_calls_total", {"method": "/auth.v1.AuthService/GetMe", "code": "OK"}) == 1

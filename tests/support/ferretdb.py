@@ -115,9 +115,7 @@ def _wait_until_ready(process: subprocess.Popen[bytes], uri: str) -> str | None:
     """Poll with pings until the server answers; a description of the problem if it never does."""
     deadline = time.monotonic() + _START_TIMEOUT_S
     # Each ping waits (at most 250 ms) for the driver to reach the server: a bounded poll, not a sleep.
-    client: MongoClient[dict[str, object]] = MongoClient(
-        uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250
-    )
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250)
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
