@@ -25,6 +25,7 @@ class Caller:
     tenant: str
     user: User
     session: Session
+    token_expires_at: datetime  # of the access token that made the call
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Sessions:
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
         if now - session.last_activity >= self._activity_interval:
             session = self._store.update_session(tenant, session.id, set={"last_activity": now}) or session
-        return Caller(tenant=tenant, user=user, session=session)
+        return Caller(tenant=tenant, user=user, session=session, token_expires_at=claims.expires_at)
 
     # --- opening and rotating
 

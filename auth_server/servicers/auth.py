@@ -63,11 +63,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         try:
             caller = self._sessions.authenticate(tenant, request.access_token)
         except AuthError as error:
-            if error.code is Code.UNAUTHENTICATED:
-                return auth_pb2.IntrospectResponse(active=False)  # a dead token is an answer, not an error
+            if error.code is Code.UNAUTHENTICATED:  # a dead token is an answer, not an error
+                return auth_pb2.IntrospectResponse(active=False, inactive_reason=error.reason)
             raise
         return auth_pb2.IntrospectResponse(
-            active=True, user=convert.user(caller.user, tenant), session_id=caller.session.id, tenant_id=tenant
+            active=True,
+            user=convert.user(caller.user, tenant),
+            session_id=caller.session.id,
+            tenant_id=tenant,
+            expires_at=convert.timestamp(caller.token_expires_at),
         )
 
     def GetMe(self, request: auth_pb2.GetMeRequest, context: grpc.ServicerContext) -> auth_pb2.GetMeResponse:

@@ -373,11 +373,13 @@ def test_introspect_answers_for_live_and_dead_tokens(client: Client) -> None:
     tokens = client.sign_in("intro")
     live = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token))
     assert live.active and live.user.username == "intro" and live.session_id == tokens.session_id
+    assert live.expires_at.seconds == tokens.access_token_expires_at.seconds
     assert live.tenant_id == "default"
     client.auth.LogoutAll(auth_pb2.LogoutAllRequest(), metadata=md(tokens.access_token))
     dead = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token))
-    assert not dead.active and not dead.HasField("user")
-    assert not client.auth.Introspect(auth_pb2.IntrospectRequest(access_token="garbage")).active
+    assert not dead.active and not dead.HasField("user") and dead.inactive_reason == "SESSION_REVOKED"
+    garbage = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token="garbage"))
+    assert not garbage.active and garbage.inactive_reason == "TOKEN_INVALID"
 
 
 def test_tenants_are_isolated(client: Client) -> None:

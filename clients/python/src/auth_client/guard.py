@@ -157,11 +157,15 @@ class IntrospectionCache:
             return entry[1]
 
     def put(self, tenant: str | None, token: str, answer: auth_pb2.IntrospectResponse) -> None:
-        if self.ttl == 0:
+        ttl = self.ttl
+        if answer.active and answer.HasField("expires_at"):
+            # Never keep an answer past the token's own expiry (wall clock, as the token's exp is).
+            ttl = min(ttl, answer.expires_at.ToSeconds() - time.time())
+        if ttl <= 0:
             return
         key = self.key(tenant, token)
         with self._lock:
-            self._entries[key] = (self._clock() + self.ttl, answer)
+            self._entries[key] = (self._clock() + ttl, answer)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -250,7 +254,9 @@ class _Gate:
     @staticmethod
     def judge(rule: Rule, answer: auth_pb2.IntrospectResponse) -> Identity:
         if not answer.active:
-            raise _Denied(*_TOKEN_INVALID)
+            # The auth service says why (TOKEN_EXPIRED: refresh; SESSION_REVOKED: log in again).
+            code, reason, message = _TOKEN_INVALID
+            raise _Denied(code, answer.inactive_reason or reason, message)
         user = auth_pb2.User()
         user.CopyFrom(answer.user)  # each call gets its own copy: a handler mutating it cannot touch the cache
         identity = Identity(user=user, session_id=answer.session_id, tenant=answer.tenant_id)

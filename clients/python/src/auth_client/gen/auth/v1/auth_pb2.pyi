@@ -154,16 +154,20 @@ class IntrospectRequest(_message.Message):
     def __init__(self, access_token: _Optional[str] = ...) -> None: ...
 
 class IntrospectResponse(_message.Message):
-    __slots__ = ("active", "user", "session_id", "tenant_id")
+    __slots__ = ("active", "user", "session_id", "tenant_id", "expires_at", "inactive_reason")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_REASON_FIELD_NUMBER: _ClassVar[int]
     active: bool
     user: User
     session_id: str
     tenant_id: str
-    def __init__(self, active: _Optional[bool] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    inactive_reason: str
+    def __init__(self, active: _Optional[bool] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inactive_reason: _Optional[str] = ...) -> None: ...
 
 class GetMeRequest(_message.Message):
     __slots__ = ()
