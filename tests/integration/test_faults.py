@@ -2,6 +2,8 @@
 
 The store here is the real SQLite adapter behind a gate that holds chosen operations until the test
 opens it, so "slow" is exact and needs no sleeps.
+
+Requirements covered: OWASP ASVS 5.0 V16.5 (errors handled safely, the service stays available).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Losing the store while running: calls fail fast with UNAVAILABLE / STORE_UNAVAILABLE, health turns
 NOT_SERVING, and both recover by themselves when the store is back (a real FerretDB, stopped and
-restarted on the same port and data directory)."""
+restarted on the same port and data directory).
+
+Requirements covered: OWASP ASVS 5.0 V16.5.2/V16.5.3 (fail securely when a resource is unavailable: no
+access granted, no internals disclosed), V15.4 (safe concurrency: nothing half-written).
+"""
 
 from __future__ import annotations
 
