@@ -21,17 +21,18 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import FileDescriptor
+from grpc_status import rpc_status
 
 from auth_client.gen.auth.v1 import access_pb2
 from auth_server import audit, errors
 from auth_server.config import TENANT_PATTERN, Settings
 from auth_server.errors import AuthError, Code, unauthenticated
 from auth_server.metrics import Metrics
-from auth_server.rpc_errors import abort
+from auth_server.rpc_errors import abort, to_status_proto
 from auth_server.sessions import Caller, Sessions
 from auth_server.store.base import StoreUnavailable
 
@@ -47,6 +48,8 @@ INFRASTRUCTURE_PUBLIC = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 MAX_HEADER_CHARS = 8192
+MAX_CACHED_STATUSES = 256
+MAX_SESSION_TAGS = 8192
 
 
 class AccessRuleError(Exception):
@@ -123,6 +126,14 @@ class Guard(grpc.ServerInterceptor):
         self._sessions = sessions
         self._settings = settings
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        # Built once per method, not per call: the served methods and their handlers never change once
+        # the server runs. Only methods that resolved to a registered handler are kept, so the table is
+        # bounded by the service definitions whatever method names callers send.
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # Per (method, code): the metric children, so a call does not look its labels up again.
+        self._observers: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._statuses: dict[tuple[Code, str, str], grpc.Status] = {}
+        self._session_tags: dict[str, str] = {}
 
     def intercept_service(
         self,
@@ -130,7 +141,15 @@ class Guard(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        handler = continuation(handler_call_details)
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = self._wrap(method, continuation(handler_call_details))
+        if handler is not None:
+            self._handlers[method] = handler
+        return handler
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED
         if method.startswith(INFRASTRUCTURE_PUBLIC):
@@ -163,7 +182,7 @@ class Guard(grpc.ServerInterceptor):
                 outcome = AuthError(Code.INTERNAL, "INTERNAL", "Internal error.")
             finally:
                 self._finish(method, info, outcome, time.perf_counter() - started)
-            abort(context, outcome)
+            self._abort(context, outcome)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
@@ -171,25 +190,58 @@ class Guard(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
+    def _abort(self, context: grpc.ServicerContext, error: AuthError) -> NoReturn:
+        """abort(), with the status of a plain error (no metadata, no field violations) built once."""
+        if error.metadata or error.violations:
+            abort(context, error)
+        key = (error.code, error.reason, error.message)
+        status = self._statuses.get(key)
+        if status is None:
+            status = rpc_status.to_status(to_status_proto(error))
+            if len(self._statuses) < MAX_CACHED_STATUSES:
+                self._statuses[key] = status
+        context.abort_with_status(status)
+        raise AssertionError("abort_with_status returned")  # it always raises
+
     def _finish(self, method: str, info: CallInfo | None, error: AuthError | None, seconds: float) -> None:
         """The access log line and the call metrics: one of each per call."""
         code = error.code.value if error else "OK"
-        self._metrics.observe_call(method, code, seconds)
+        observers = self._observers.get((method, code))
+        if observers is None:
+            metrics = self._metrics
+            observers = self._observers[(method, code)] = (
+                metrics.calls.labels(method, code),
+                metrics.latency.labels(method),
+            )
+        observers[0].inc()
+        observers[1].observe(seconds)
         if access_log.isEnabledFor(logging.INFO):
             caller = info.caller if info else None
-            access_log.info(
-                "call",
-                extra={
-                    "method": method,
-                    "code": code,
-                    "reason": error.reason if error else "",
-                    "latency_ms": round(seconds * 1000, 3),
-                    "tenant": info.tenant if info else "",
-                    # a hash, not the id: the log should not hand out handles on live sessions
-                    "session": hashlib.sha256(caller.session.id.encode()).hexdigest()[:16] if caller else "",
-                    "ip": info.ip_address if info else "",
-                },
+            extra = {
+                "method": method,
+                "code": code,
+                "reason": error.reason if error else "",
+                "latency_ms": round(seconds * 1000, 3),
+                "tenant": info.tenant if info else "",
+                # a hash, not the id: the log should not hand out handles on live sessions
+                "session": self._session_tag(caller.session.id) if caller else "",
+                "ip": info.ip_address if info else "",
+            }
+            # What access_log.info("call", extra=extra) does, less its walk up the stack to find the
+            # caller's file and line: they are always these.
+            access_log.handle(
+                access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "call", (), None, "_finish", extra)
             )
+
+    def _session_tag(self, session_id: str) -> str:
+        """The logged stand-in for a session id (a hash prefix), remembered for the sessions seen lately."""
+        tag = self._session_tags.get(session_id)
+        if tag is None:
+            tag = hashlib.sha256(session_id.encode()).hexdigest()[:16]
+            if len(self._session_tags) >= MAX_SESSION_TAGS:
+                self._session_tags.clear()
+            self._session_tags[session_id] = tag
+        return tag
 
     def _admit(self, rule: Rule, context: grpc.ServicerContext) -> CallInfo:
         headers: dict[str, list[str]] = {}

@@ -5,17 +5,32 @@ the cores. A semaphore caps concurrent hashes at the core count, and a cap on *w
 at least half of the pool free for cheap calls during a login storm: past it, callers get
 RESOURCE_EXHAUSTED / RATE_LIMITED at once instead of queueing. Unknown users are checked against a
 dummy hash so a login for a user who does not exist costs the same time as a wrong password.
+
+The hashes themselves run on a few threads of their own at a lower CPU priority (nice +10): the cores
+they use are the cores the RPC path needs, and a cheap call should not wait behind a hash for the
+scheduler. When nothing else wants the CPU they run at full speed; under contention the RPC path wins.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
 from auth_server.errors import server_busy
 
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it, and we never truncate silently
+HASH_NICENESS = 10  # added to the hashing threads' nice value (Linux: per thread)
+
+
+def _lower_priority() -> None:
+    """Run this thread (only this one, on Linux) at a lower CPU priority; harmless where unsupported."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + HASH_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 class PasswordHasher:
@@ -23,6 +38,8 @@ class PasswordHasher:
         self._rounds = rounds
         self._slots = threading.BoundedSemaphore(concurrency)
         self._admission = threading.BoundedSemaphore(concurrency + max_waiting)
+        # As many hashing threads as slots: a caller holding a slot never waits for a thread.
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt", initializer=_lower_priority)
         self._dummy: bytes | None = None
         self._dummy_lock = threading.Lock()
 
@@ -31,7 +48,7 @@ class PasswordHasher:
             raise server_busy()
         try:
             with self._slots:
-                return work()
+                return self._pool.submit(work).result()
         finally:
             self._admission.release()
 

@@ -18,11 +18,14 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+from jwt.utils import base64url_decode
 
 from auth_server.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthenticated
 
@@ -30,6 +33,7 @@ ACCESS_TYPE = "access"
 REFRESH_PREFIX = "rt1"
 LEEWAY_SECONDS = 10
 MAX_TOKEN_CHARS = 4096
+VERIFIED_CACHE_SIZE = 4096  # access tokens whose signature and claims were checked (see AccessTokens.verify)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class AccessTokens:
         self._headers: dict[str, str] = {"typ": "at+jwt"} | ({"kid": kid} if kid else {})
         self._ttl = timedelta(seconds=ttl)
         self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "session_id", "type"]})
+        # token -> (claims, exp): tokens that passed full verification. Only the expiry can change a
+        # verdict later (iat/nbf in the future only ever become valid), so a hit re-checks exp alone.
+        self._verified: OrderedDict[str, tuple[AccessClaims, int]] = OrderedDict()
+        self._hmac_key: bytes | None = verification_key if algorithm == "HS256" else None
 
     def issue(self, session_id: str, now: datetime) -> tuple[str, datetime]:
         """A token for the session, valid from `now`; the same inputs give the same token (no jti
@@ -75,9 +83,49 @@ class AccessTokens:
         return token, datetime.fromtimestamp(payload["exp"], UTC)
 
     def verify(self, token: str) -> AccessClaims:
-        """Claims of a valid access token; AuthError TOKEN_EXPIRED or TOKEN_INVALID otherwise."""
+        """Claims of a valid access token; AuthError TOKEN_EXPIRED or TOKEN_INVALID otherwise.
+
+        A client sends the same access token with every call for its whole lifetime, so the result of a
+        full verification (signature, algorithm, required claims, type) is kept for the token in a bounded
+        cache and a repeat call re-checks only the expiry, exactly as pyjwt does (`exp <= now - leeway`).
+        Tokens that fail are never cached: a bad token is fully checked every time. The session behind a
+        token is still loaded from the store on every call (sessions.py), so revocation stays immediate.
+        """
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise unauthenticated(*TOKEN_INVALID)
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit[1] <= time.time() - LEEWAY_SECONDS:
+                self._verified.pop(token, None)
+                raise unauthenticated(*TOKEN_EXPIRED)
+            return hit[0]
+        if self._hmac_key is not None and not self._signature_matches(token, self._hmac_key):
+            raise unauthenticated(*TOKEN_INVALID)
+        claims = self._verify_fully(token)
+        self._verified[token] = (claims, int(claims.expires_at.timestamp()))
+        while len(self._verified) > VERIFIED_CACHE_SIZE:
+            try:
+                self._verified.popitem(last=False)
+            except KeyError:  # emptied meanwhile by another thread
+                break
+        return claims
+
+    @staticmethod
+    def _signature_matches(token: str, key: bytes) -> bool:
+        """HS256 only: does the token's signature segment match the HMAC of the rest, as pyjwt computes it?
+
+        A cheap first gate (one HMAC, no JSON): every token that fails it would fail pyjwt's own check
+        too (bad signature, or a malformed token pyjwt refuses before reaching the signature), and each
+        of those is TOKEN_INVALID, so the answer is the same, only sooner.
+        """
+        try:
+            signing_input, _, signature = token.encode().rpartition(b".")
+            expected = hmac.new(key, signing_input, hashlib.sha256).digest()
+            return hmac.compare_digest(base64url_decode(signature.rstrip(b"=")), expected)
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            return False
+
+    def _verify_fully(self, token: str) -> AccessClaims:
         try:
             payload = self._jwt.decode(
                 token, self._verification_key, algorithms=[self._algorithm], leeway=LEEWAY_SECONDS

@@ -16,7 +16,8 @@ The parent does not serve gRPC itself. It:
 - starts the workers (`python -m auth_server.workers`, a fresh interpreter each: nothing of grpc is
   forked) and waits until each reports, over a pipe, that it is serving; a worker that fails to start
   stops everything and its exit code (2 configuration, 1 store/address) becomes the parent's;
-- runs the HTTP bridge once, in the parent, in front of the shared port;
+- runs the HTTP bridge once, in the parent, in front of the shared port (AUTH_METRICS_ADDR is not
+  served: each worker has its own registry and they cannot share its port);
 - forwards SIGTERM/SIGINT to the workers, waits for them to finish their in-flight calls, exits 0;
 - restarts a worker that dies while serving (at most N restarts a minute; past that it shuts
   everything down and exits 1).
@@ -123,6 +124,8 @@ class Supervisor:
                 f"gRPC listening on {host}:{addr.rpartition(':')[2]} "
                 f"(store: {settings.store_uri}; {self._count} worker processes, SO_REUSEPORT)"
             )
+            if settings.metrics_addr:  # one registry per worker, and they cannot share one port
+                print("auth-server: AUTH_METRICS_ADDR is not served with --workers > 1", file=sys.stderr, flush=True)
             bridge = BridgeServer(settings, local_target(addr)).start()
             _say(f"HTTP bridge listening on {bridge.url}")
             code = self._supervise()
@@ -191,7 +194,7 @@ def _worker_main() -> int:
     except ConfigError as error:
         print(f"auth-server: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except (StoreUnavailable, OSError) as error:
+    except (StoreUnavailable, OSError, RuntimeError) as error:  # grpc raises RuntimeError for a busy port
         print(f"auth-server: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     ready_fd = int(os.environ[READY_FD_ENV])

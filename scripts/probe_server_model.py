@@ -20,7 +20,7 @@ It uses ghz from ``.cache/bin/ghz`` (or ``$GHZ`` / PATH) and FerretDB from ``.ca
 has a timeout; a default run takes six to seven minutes (--budget caps it at about eight).
 
 FerretDB 1.24's SQLite backend cannot use its own `_id` index for `find_one({"_id": ...})`, so
-the probe adds an index on the expression its queries use (see `Probe.index_ferret_ids`);
+the probe adds an index on the expression its queries use (see `loadtools.index_ferret_ids`);
 otherwise FerretDB itself, not the gRPC server, would be what the MongoDB rows measure.
 """
 
@@ -32,11 +32,9 @@ import datetime
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,23 +50,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from loadtools import HEALTH_PROTO, index_ferret_ids, log, start_ferretdb
+from loadtools import cpu_seconds as _cpu_seconds
+from loadtools import find_tool as _find_tool
+from loadtools import is_cut as _is_cut
+from loadtools import machine_busy_seconds as _machine_busy_seconds
+from loadtools import wait_quiet as _wait_quiet
+
 ROWS = 10_000
 SERVICE = "grpc.health.v1.Health"
 HASH_METHOD = "/probe.v1.Probe/Hash"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
-
-HEALTH_PROTO = """\
-syntax = "proto3";
-package grpc.health.v1;
-message HealthCheckRequest { string service = 1; }
-message HealthCheckResponse {
-  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
-  ServingStatus status = 1;
-}
-service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
-"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,41 +394,18 @@ class Probe:
         conn.close()
 
     def start_ferret(self, binary: str) -> bool:
-        port = _free_port()
         state = self.tmp / "ferret"
-        state.mkdir()
-        cmd = [
-            "taskset",
-            "-c",
-            LOAD_CPU,
-            binary,
-            "--handler=sqlite",
-            f"--sqlite-url=file:{state}/",
-            f"--listen-addr=127.0.0.1:{port}",
-            f"--state-dir={state}",
-            "--debug-addr=-",
-            "--telemetry=disable",
-            "--log-level=warn",
-        ]
-        env = dict(os.environ, GOMAXPROCS="1")
-        self.ferret = self.spawn(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.mongo_uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        try:
+            self.ferret, uri = start_ferretdb(binary, state, LOAD_CPU, self.tmp / "ferret.log")
+        except RuntimeError as exc:
+            log(f"{exc}; Mongo rows skipped.")
+            return False
+        self.procs.append(self.ferret)  # type: ignore[arg-type]
+        self.mongo_uri = uri
         from pymongo import MongoClient
-        from pymongo.errors import PyMongoError
 
-        end = time.monotonic() + 30
         client: MongoClient[dict[str, Any]] = MongoClient(self.mongo_uri, serverSelectionTimeoutMS=1000)
         try:
-            while True:
-                try:
-                    client.admin.command("ping")
-                    break
-                except PyMongoError:
-                    if time.monotonic() > end or self.ferret.poll() is not None:
-                        err = self.ferret.stderr.read() if self.ferret.poll() is not None else ""
-                        log(f"FerretDB did not come up; Mongo rows skipped. {err[-500:]}")
-                        return False
-                    time.sleep(0.3)
             coll = client.probe.users
             coll.drop()
             docs = [
@@ -451,34 +421,8 @@ class Probe:
             assert coll.count_documents({}) == ROWS
         finally:
             client.close()
-        self.index_ferret_ids(state / "probe.sqlite")
+        index_ferret_ids(state / "probe.sqlite", ["users"])
         return True
-
-    @staticmethod
-    def index_ferret_ids(db_file: Path) -> None:
-        """Give FerretDB's table an index that its `_id` lookups can use.
-
-        FerretDB 1.24's SQLite backend indexes `_id` as `_ferretdb_sjson->"_id"` but
-        queries `_ferretdb_sjson->'$._id' = ?`; SQLite does not match the two expressions,
-        so every find_one by _id scans the table (~60 lookups/s on 10k documents, the
-        store, not the server, would be measured). A real MongoDB answers these from its
-        _id index, so add an index on the exact expression the queries use.
-        """
-        conn = sqlite3.connect(db_file, timeout=10)
-        try:
-            (table,) = conn.execute("SELECT table_name FROM _ferretdb_collections WHERE name = 'users'").fetchone()
-            if not re.fullmatch(r"[a-z0-9_]+", table):
-                raise RuntimeError(f"unexpected FerretDB table name {table!r}")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS probe_id_path ON \"{table}\" (_ferretdb_sjson->'$._id')")
-            conn.commit()
-            plan = conn.execute(
-                f"EXPLAIN QUERY PLAN SELECT 1 FROM \"{table}\" WHERE _ferretdb_sjson->'$._id' = ?",  # noqa: S608 (name checked above)
-                ('"user00001"',),
-            ).fetchall()
-            if not any("USING INDEX" in str(row) for row in plan):
-                log(f"warning: FerretDB _id lookups still scan: {plan}")
-        finally:
-            conn.close()
 
     # ---- one measurement -------------------------------------------------------------------
 
@@ -623,12 +567,6 @@ class Probe:
         return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _read_port(proc: subprocess.Popen[str], log_file: Path, timeout: float) -> int:
     assert proc.stdout is not None
     result: list[str] = []
@@ -639,46 +577,6 @@ def _read_port(proc: subprocess.Popen[str], log_file: Path, timeout: float) -> i
         err = log_file.read_text() if log_file.exists() else ""
         raise RuntimeError(f"server did not start: {result!r} {err[-1000:]}")
     return int(result[0].split()[1])
-
-
-def _cpu_seconds(*pids: int) -> float:
-    """User+system CPU seconds used so far by the given processes (all their threads)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_quiet(max_wait: float, threshold: float = 0.25, step: float = 0.5) -> float | None:
-    """Wait until other processes use under `threshold` cores (sampled over `step` s).
-
-    Returns None once quiet, or the seconds waited if it never got quiet within `max_wait`.
-    Between runs nothing of this probe is busy, so whatever is busy is someone else.
-    """
-    start = time.monotonic()
-    while True:
-        before = _machine_busy_seconds()
-        time.sleep(step)
-        if (_machine_busy_seconds() - before) / step < threshold:
-            return None
-        if time.monotonic() - start >= max_wait:
-            return time.monotonic() - start
-
-
-def _machine_busy_seconds() -> float:
-    """Non-idle CPU seconds of the whole machine so far (all cores)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _is_cut(message: str) -> bool:
-    return "Unavailable" in message and (
-        "use of closed network connection" in message
-        or "transport is closing" in message
-        or "client connection is closing" in message
-    )
 
 
 def _parse_ghz(
@@ -710,10 +608,6 @@ def _parse_ghz(
         hashes_per_s=hashes,
         error_kinds=kinds,
     )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _med(values: list[float]) -> float:
@@ -835,15 +729,6 @@ def _probe(args: argparse.Namespace, tmp: Path) -> Iterator[Probe]:
     finally:
         probe.cleanup()
         signal.signal(signal.SIGTERM, previous)
-
-
-def _find_tool(name: str, env: str) -> str | None:
-    if os.environ.get(env):
-        return os.environ[env]
-    local = REPO / ".cache" / "bin" / name
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which(name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,20 +39,23 @@ def _encode(kind: str, value: Any) -> Any:
     return value  # sqlite3 stores bool as 0/1 and bytes as BLOB by itself
 
 
-def _decode(kind: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind == "datetime":
-        return _EPOCH + value * _MS
-    if kind == "bool":
-        return bool(value)
-    return value
+def _to_datetime(value: int) -> datetime:
+    return _EPOCH + value * _MS
+
+
+_DECODERS = {"datetime": _to_datetime, "bool": bool}
 
 
 @dataclass(frozen=True, slots=True)
 class _Table:
     name: str
     spec: RecordSpec
+    # Per column, in record order: the function that turns a stored value back into the field's value
+    # (None: stored as is). Worked out once here rather than per column of every row read.
+    decoders: tuple[Any, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoders", tuple(_DECODERS.get(kind) for kind in self.spec.kinds.values()))
 
     def columns(self, alias: str = "") -> str:
         prefix = f"{alias}." if alias else ""
@@ -84,8 +87,9 @@ class _Table:
         return [_encode(kind, getattr(record, name)) for name, kind in self.spec.kinds.items()]
 
     def decode(self, row: Sequence[Any]) -> Any:
-        values = {name: _decode(kind, v) for (name, kind), v in zip(self.spec.kinds.items(), row, strict=True)}
-        return self.spec.cls(**values)
+        return self.spec.cls(
+            *[v if convert is None or v is None else convert(v) for convert, v in zip(self.decoders, row, strict=True)]
+        )
 
 
 _USERS = _Table("users", USER)

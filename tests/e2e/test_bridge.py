@@ -363,7 +363,12 @@ def test_introspect(http: httpx.Client, smtp: SmtpSink) -> None:
     assert live.json()["active"] is True and live.json()["user"]["id"] == user.id
     assert live.json()["sessionId"] == tokens["sessionId"] and live.json()["tenantId"] == "default"
     dead = http.post("/api/v1/auth/introspect", json={"accessToken": "not-a-token"})
-    assert dead.status_code == 200 and dead.json() == {"active": False, "sessionId": "", "tenantId": ""}
+    assert dead.status_code == 200 and dead.json() == {
+        "active": False,
+        "sessionId": "",
+        "tenantId": "",
+        "inactiveReason": "TOKEN_INVALID",
+    }
 
 
 def test_lockout_and_unlock_link_through_query_parameter(http: httpx.Client, smtp: SmtpSink) -> None:
