@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from auth_server.clock import utcnow
 from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
 from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
 
@@ -98,8 +99,10 @@ _CHALLENGES = _Table("login_challenges", CHALLENGE)
 _EVENTS = _Table("audit_events", EVENT)
 _TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS)
 
+_HEARTBEAT = "CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
 _SCHEMA = (
     *(table.ddl() for table in _TABLES),
+    _HEARTBEAT,
     "CREATE UNIQUE INDEX IF NOT EXISTS users_username ON users (tenant, username)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (tenant, email)",
     "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id)",
@@ -167,7 +170,9 @@ class SqliteStore:
             conn.close()
 
     def ping(self) -> None:
-        self._execute("SELECT 1", ())
+        # A write, not a read: a file that became read-only (or a full disk) still answers SELECTs, and
+        # health must turn NOT_SERVING when calls that write would fail.
+        self._execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (_encode("datetime", utcnow()),))
 
     def prepare_tenant(self, tenant: str) -> None:
         """Nothing to do: all tenants share the schema that open() (or any new connection) creates."""
@@ -209,7 +214,7 @@ class SqliteStore:
     def _ensure_schema(conn: sqlite3.Connection) -> None:
         # Checked on every new connection, not only in open(): a file that was missing or unusable
         # comes back empty, and the store must recover by itself once it can write there again.
-        names = [t.name for t in _TABLES]
+        names = [*(t.name for t in _TABLES), "heartbeat"]
         (found,) = conn.execute(
             f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})",  # noqa: S608
             names,

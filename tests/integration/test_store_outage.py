@@ -115,3 +115,48 @@ def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
     finally:
         channel.close()
         app.stop(0)
+
+
+def _chattr(flag: str, *paths: Path) -> None:
+    """Immutable files: the one way to make a file unwritable for root too (chmod does not stop root)."""
+    result = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        message = f"chattr {flag} is not available here ({result.stderr.strip()}); cannot make SQLite unwritable"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_sqlite_file_unwritable_and_back(tmp_path: Path) -> None:
+    db = tmp_path / "auth.db"
+    settings = load_settings(
+        {
+            "AUTH_STORE": f"sqlite:///{db}",
+            "AUTH_JWT_SECRET": SECRET,
+            "AUTH_GRPC_ADDR": "127.0.0.1:0",
+            "AUTH_BCRYPT_ROUNDS": "4",
+            "AUTH_SMTP_URL": "smtp://127.0.0.1:9",
+        }
+    )
+    app = create_server(settings, health_interval=0.2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    auth, health = auth_pb2_grpc.AuthServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    # The database and its WAL become read-only; the shared-memory index must stay writable (SQLite maps
+    # it, and an immutable one would crash the process with SIGBUS rather than fail a call).
+    files = [db, db.with_name(db.name + "-wal")]
+    try:
+        auth.Signup(auth_pb2.SignupRequest(username="before", email="before@example.com", password=PASSWORD))
+        _chattr("+i", *files)
+        request = auth_pb2.SignupRequest(username="during", email="during@example.com", password=PASSWORD)
+        failure = fails(auth.Signup, request, timeout=10)
+        assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+        _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        _chattr("-i", *files)
+        _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
+        assert auth.Signup(request).user.username == "during"  # the refused call left nothing half-written
+        taken = fails(auth.Signup, auth_pb2.SignupRequest(username="before", email="b2@example.com", password=PASSWORD))
+        assert taken.reason == "USERNAME_TAKEN"
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], capture_output=True, check=False)
+        channel.close()
+        app.stop(0)
