@@ -72,6 +72,13 @@ class Client:
         )
         return response.login_id
 
+    def sign_in_admin(self, username: str) -> str:
+        """A new user made admin in the store (as `auth-server user set-role` does); its access token."""
+        self.signup(username)
+        user = self.store.find_user("default", username)
+        self.store.update_user("default", user.id, set={"role": "admin"})
+        return self.sign_in(username).access_token
+
     def code_for(self, username: str) -> str:
         address = f"{username}@example.com"
         return self.smtp.last_code(address, count=len(self.smtp.to(address)) or 1)

@@ -311,15 +311,8 @@ def test_parallel_wrong_passwords_are_all_counted(make_client) -> None:
     assert client.store.find_user("default", "target").failed_logins == 8
 
 
-def _make_admin(client: Client, username: str) -> str:
-    client.signup(username)
-    user = client.store.find_user("default", username)
-    client.store.update_user("default", user.id, set={"role": "admin"})
-    return client.sign_in(username).access_token
-
-
 def test_admin_lists_locks_unlocks_and_sets_roles(client: Client) -> None:
-    admin = _make_admin(client, "root")
+    admin = client.sign_in_admin("root")
     for name in ("usr1", "usr2", "usr3"):
         client.signup(name)
     victim = client.sign_in("usr2")
@@ -355,7 +348,7 @@ def test_admin_lists_locks_unlocks_and_sets_roles(client: Client) -> None:
 
 
 def test_the_last_admin_cannot_lock_or_demote_themselves(client: Client) -> None:
-    admin = _make_admin(client, "solo")
+    admin = client.sign_in_admin("solo")
     me = client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=md(admin)).user
     failure = fails(client.admin.LockUser, admin_pb2.LockUserRequest(user_id=me.id), metadata=md(admin))
     assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LAST_ADMIN")

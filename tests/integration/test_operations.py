@@ -18,15 +18,8 @@ from tests.integration.conftest import PASSWORD, Client, md
 from tests.support.rpc import fails
 
 
-def _admin_token(client: Client, username: str) -> str:
-    client.signup(username)
-    user = client.store.find_user("default", username)
-    client.store.update_user("default", user.id, set={"role": "admin"})
-    return client.sign_in(username).access_token
-
-
 def test_admins_read_the_audit_trail(client: Client) -> None:
-    admin = _admin_token(client, "auditor")
+    admin = client.sign_in_admin("auditor")
     client.signup("subject")
     fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="subject", password="wrong password"))
     fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="ghost", password="wrong password"))
