@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from auth_server import audit, errors
 from auth_server.config import TENANT_PATTERN, Settings
 from auth_server.errors import AuthError, Code, unauthenticated
 from auth_server.metrics import Metrics
+from auth_server.proxies import TrustedProxies
 from auth_server.rpc_errors import abort, to_status_proto
 from auth_server.sessions import Caller, Sessions
 from auth_server.store.base import StoreUnavailable
@@ -125,7 +125,7 @@ class Guard(grpc.ServerInterceptor):
         self._rules = rules
         self._sessions = sessions
         self._settings = settings
-        self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         # Built once per method, not per call: the served methods and their handlers never change once
         # the server runs. Only methods that resolved to a registered handler are kept, so the table is
         # bounded by the service definitions whatever method names callers send.
@@ -283,21 +283,14 @@ class Guard(grpc.ServerInterceptor):
 
     def _client_ip(self, peer: str, forwarded: list[str] | None) -> str:
         ip = _peer_ip(peer)
-        if not forwarded or not self._trusted(ip):
+        if not forwarded or ip not in self._proxies:
             return ip
         # Walk x-forwarded-for from the right: the first hop we do not trust is the client.
         hops = [h.strip() for h in ",".join(forwarded).split(",") if h.strip()]
         for hop in reversed(hops):
-            if not self._trusted(hop):
+            if hop not in self._proxies:
                 return hop[:64]
         return hops[0][:64] if hops else ip
-
-    def _trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._proxies)
 
 
 def _deny_undeclared(request: Any, context: grpc.ServicerContext) -> Any:

@@ -19,7 +19,6 @@ demo page under `/demo` with a strict Content-Security-Policy.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterable
 from importlib import resources
@@ -41,6 +40,7 @@ from auth_server.bridge.errors import HttpError, bad_request, from_rpc_error
 from auth_server.bridge.routes import Match, Route, RouteTable, derive_routes
 from auth_server.bridge.transcode import build_request, parse_json_object, response_json
 from auth_server.config import Settings
+from auth_server.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class BridgeApp:
         self._upstream = Upstream(upstream, STUB_MODULES)
         self._limit = settings.max_message_bytes
         self._cookie = settings.refresh_cookie
-        self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._demo = _load_demo()
         for route in self.routes.routes:
             log.debug("route %s %s -> %s", route.http_method, route.template, route.rpc)
@@ -280,19 +280,12 @@ class BridgeApp:
     def _forwarded_for(self, request: Request) -> str:
         peer = request.client.host if request.client else ""
         incoming = [_printable(v) for v in request.headers.getlist("x-forwarded-for")]
-        if not (incoming and peer and self._trusted(peer)):
+        if not (incoming and peer and peer in self._proxies):
             return peer
         chain = [hop.strip() for hop in ",".join(incoming).split(",") if hop.strip()] + [peer]
         while len(chain) > 1 and len(", ".join(chain)) > MAX_FORWARDED_CHARS:
             chain.pop(0)  # the leftmost hops are the least trusted: drop them first
         return ", ".join(chain)
-
-    def _trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._proxies)
 
 
 def create_app(settings: Settings, upstream: str) -> ASGIApp:

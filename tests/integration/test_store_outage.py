@@ -8,6 +8,7 @@ access granted, no internals disclosed), V15.4 (safe concurrency: nothing half-w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -83,10 +84,12 @@ def _wait_for(health: health_pb2_grpc.HealthStub, wanted: int) -> None:
             return
 
 
-def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def served(store_uri: str) -> Iterator[tuple[auth_pb2_grpc.AuthServiceStub, health_pb2_grpc.HealthStub]]:
+    """The real server in process on `store_uri`, health checked every 0.2 s; its auth and health stubs."""
     settings = load_settings(
         {
-            "AUTH_STORE": ferret.uri,
+            "AUTH_STORE": store_uri,
             "AUTH_JWT_SECRET": SECRET,
             "AUTH_GRPC_ADDR": "127.0.0.1:0",
             "AUTH_BCRYPT_ROUNDS": "4",
@@ -95,8 +98,15 @@ def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
     )
     app = create_server(settings, health_interval=0.2)
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    auth, health = auth_pb2_grpc.AuthServiceStub(channel), health_pb2_grpc.HealthStub(channel)
     try:
+        yield auth_pb2_grpc.AuthServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    finally:
+        channel.close()
+        app.stop(0)
+
+
+def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
+    with served(ferret.uri) as (auth, health):
         auth.Signup(auth_pb2.SignupRequest(username="steady", email="steady@example.com", password=PASSWORD))
         ferret.stop()
         request = auth_pb2.SignupRequest(username="lost", email="lost@example.com", password=PASSWORD)
@@ -112,9 +122,6 @@ def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
         )
         assert again.reason == "USERNAME_TAKEN"  # what was committed before the outage is still there
         assert auth.Signup(request).user.username == "lost"  # and the failed call left nothing behind
-    finally:
-        channel.close()
-        app.stop(0)
 
 
 def _chattr(flag: str, *paths: Path) -> None:
@@ -129,34 +136,23 @@ def _chattr(flag: str, *paths: Path) -> None:
 
 def test_sqlite_file_unwritable_and_back(tmp_path: Path) -> None:
     db = tmp_path / "auth.db"
-    settings = load_settings(
-        {
-            "AUTH_STORE": f"sqlite:///{db}",
-            "AUTH_JWT_SECRET": SECRET,
-            "AUTH_GRPC_ADDR": "127.0.0.1:0",
-            "AUTH_BCRYPT_ROUNDS": "4",
-            "AUTH_SMTP_URL": "smtp://127.0.0.1:9",
-        }
-    )
-    app = create_server(settings, health_interval=0.2)
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    auth, health = auth_pb2_grpc.AuthServiceStub(channel), health_pb2_grpc.HealthStub(channel)
     # The database and its WAL become read-only; the shared-memory index must stay writable (SQLite maps
     # it, and an immutable one would crash the process with SIGBUS rather than fail a call).
     files = [db, db.with_name(db.name + "-wal")]
-    try:
-        auth.Signup(auth_pb2.SignupRequest(username="before", email="before@example.com", password=PASSWORD))
-        _chattr("+i", *files)
-        request = auth_pb2.SignupRequest(username="during", email="during@example.com", password=PASSWORD)
-        failure = fails(auth.Signup, request, timeout=10)
-        assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
-        _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
-        _chattr("-i", *files)
-        _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
-        assert auth.Signup(request).user.username == "during"  # the refused call left nothing half-written
-        taken = fails(auth.Signup, auth_pb2.SignupRequest(username="before", email="b2@example.com", password=PASSWORD))
-        assert taken.reason == "USERNAME_TAKEN"
-    finally:
-        subprocess.run(["chattr", "-i", *map(str, files)], capture_output=True, check=False)
-        channel.close()
-        app.stop(0)
+    with served(f"sqlite:///{db}") as (auth, health):
+        try:
+            auth.Signup(auth_pb2.SignupRequest(username="before", email="before@example.com", password=PASSWORD))
+            _chattr("+i", *files)
+            request = auth_pb2.SignupRequest(username="during", email="during@example.com", password=PASSWORD)
+            failure = fails(auth.Signup, request, timeout=10)
+            assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+            _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+            _chattr("-i", *files)
+            _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
+            assert auth.Signup(request).user.username == "during"  # the refused call left nothing half-written
+            taken = fails(
+                auth.Signup, auth_pb2.SignupRequest(username="before", email="b2@example.com", password=PASSWORD)
+            )
+            assert taken.reason == "USERNAME_TAKEN"
+        finally:
+            subprocess.run(["chattr", "-i", *map(str, files)], capture_output=True, check=False)

@@ -1,0 +1,22 @@
+"""Which peers may tell us the client's address: the networks of AUTH_TRUSTED_PROXIES, parsed once.
+
+Shared by the guard (which believes `x-forwarded-for` only from these peers) and the HTTP bridge
+(which passes an incoming `X-Forwarded-For` on only from them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
