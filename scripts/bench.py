@@ -179,9 +179,9 @@ class Fixture:
 
 class Fixtures:
     def __init__(self, env: dict[str, str], rounds: int) -> None:
-        from auth_server.config import load_settings
-        from auth_server.keys import KeyRing
-        from auth_server.tokens import RefreshTokens, access_tokens_for
+        from auth_server.domain.tokens import RefreshTokens, access_tokens_for
+        from auth_server.infra.config import load_settings
+        from auth_server.infra.keys import KeyRing
 
         self.settings = load_settings(env)
         self.keys = KeyRing.from_secret(self.settings.jwt_secret)
@@ -193,8 +193,8 @@ class Fixtures:
         self.password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(self.settings.bcrypt_rounds))
 
     def users(self, prefix: str, count: int) -> list[Any]:
-        from auth_server.clock import utcnow
-        from auth_server.ids import new_id
+        from auth_server.infra.clock import utcnow
+        from auth_server.infra.ids import new_id
         from auth_server.store.base import User
 
         return [
@@ -213,8 +213,8 @@ class Fixtures:
 
     def open_sessions(self, users: list[Any], count: int) -> tuple[list[Any], list[Any]]:
         """`count` sessions spread over `users`, built by Sessions.open; (records, issued tokens)."""
-        from auth_server.audit import Audit
-        from auth_server.sessions import Device, Sessions
+        from auth_server.domain.audit import Audit
+        from auth_server.domain.sessions import Device, Sessions
 
         collect = _Collect()
         sessions = Sessions(collect, self.settings, self.keys, self.access, self.refresh, Audit(collect))  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from auth_server.clock import utcnow
+from auth_server.infra.clock import utcnow
 from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
 from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
 

@@ -37,8 +37,8 @@ from auth_client import (
 )
 from auth_client.client import DEFAULT_TIMEOUT
 from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
-from auth_server.errors import AuthError, Code, FieldViolation, validation_failed
-from auth_server.rpc_errors import to_status_proto
+from auth_server.api.rpc_errors import to_status_proto
+from auth_server.domain.errors import AuthError, Code, FieldViolation, validation_failed
 
 AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]

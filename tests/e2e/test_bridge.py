@@ -129,7 +129,7 @@ DESIGN_ROUTES = {  # DESIGN.md section 3: the routes browser clients expect
 
 def _derived_routes() -> list:
     from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
-    from auth_server.bridge.routes import derive_routes
+    from auth_server.http.routes import derive_routes
 
     return list(derive_routes([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR]))
 

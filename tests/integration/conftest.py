@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2_grpc
 
 from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_server.config import load_settings
-from auth_server.server import App, create_server
+from auth_server.api.server import App, create_server
+from auth_server.infra.config import load_settings
 from auth_server.store import open_store
 from tests.support.mail import SmtpSink
 from tests.support.process import ServerProcess

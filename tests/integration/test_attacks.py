@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2
-from auth_server.clock import utcnow
+from auth_server.infra.clock import utcnow
 from tests.integration.conftest import PASSWORD, Client, md
 from tests.support.mail import free_port
 from tests.support.rpc import fails, failure

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_server.config import load_settings
-from auth_server.server import create_server
+from auth_server.api.server import create_server
+from auth_server.infra.config import load_settings
 from auth_server.store.sqlite import SqliteStore
 from tests.integration.conftest import PASSWORD, SECRET
 from tests.support.mail import SmtpSink

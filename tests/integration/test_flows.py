@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
-from auth_server.clock import utcnow
+from auth_server.infra.clock import utcnow
 from tests.integration.conftest import PASSWORD, Client, md
 from tests.support.mail import UNLOCK_IN_MAIL
 from tests.support.rpc import fails

@@ -12,8 +12,8 @@ import pytest
 from google.protobuf import descriptor_pool
 
 from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
-from auth_server.access import AccessRuleError, load_rules
-from auth_server.keys import KeyRing
+from auth_server.api.guard import AccessRuleError, load_rules
+from auth_server.infra.keys import KeyRing
 from tests.integration.conftest import SECRET, Client, md
 from tests.support.rpc import fails
 
@@ -163,9 +163,9 @@ def test_an_undeclared_method_is_denied_to_anonymous_callers() -> None:
     """A method served without a rule in the table is denied, not run (unlike Zitadel's gap)."""
     from concurrent import futures
 
-    from auth_server.access import Guard
-    from auth_server.config import load_settings
-    from auth_server.metrics import Metrics
+    from auth_server.api.guard import Guard
+    from auth_server.infra.config import load_settings
+    from auth_server.infra.metrics import Metrics
 
     ran: list[bytes] = []
 

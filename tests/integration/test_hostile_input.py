@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
-from auth_server.keys import KeyRing
+from auth_server.infra.keys import KeyRing
 from tests.integration.conftest import PASSWORD, SECRET, Client, md
 from tests.support.rpc import fails, failure
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
-from auth_server.logs import JsonFormatter
+from auth_server.runtime.logs import JsonFormatter
 from tests.integration.conftest import PASSWORD, Client, md
 from tests.support.rpc import fails
 

@@ -21,8 +21,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_server.config import load_settings
-from auth_server.server import create_server
+from auth_server.api.server import create_server
+from auth_server.infra.config import load_settings
 from tests.integration.conftest import PASSWORD, SECRET
 from tests.support.ferretdb import REPO, free_port, unavailable
 from tests.support.rpc import fails

@@ -500,7 +500,7 @@ def test_mongodb_on_a_closed_port_fails_fast_on_open() -> None:
 
 
 def test_audit_events_newest_first_paged_and_filtered(store: Store, tenant: str, other_tenant: str) -> None:
-    from auth_server.clock import utcnow
+    from auth_server.infra.clock import utcnow
     from auth_server.store.base import AuditEvent
 
     events = [

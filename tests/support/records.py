@@ -6,8 +6,8 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from auth_server.clock import utcnow
-from auth_server.ids import new_id
+from auth_server.infra.clock import utcnow
+from auth_server.infra.ids import new_id
 from auth_server.store.base import LoginChallenge, Session, User
 
 __all__ = ["new_challenge", "new_id", "new_session", "new_user", "utcnow"]

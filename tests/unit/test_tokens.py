@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auth_server.clock import utcnow
-from auth_server.errors import AuthError
-from auth_server.keys import KeyRing
-from auth_server.tokens import AccessTokens, RefreshTokens
+from auth_server.domain.errors import AuthError
+from auth_server.domain.tokens import AccessTokens, RefreshTokens
+from auth_server.infra.clock import utcnow
+from auth_server.infra.keys import KeyRing
 
 KEYS = KeyRing.from_secret(b"unit-test-secret-unit-test-secret-!")
 

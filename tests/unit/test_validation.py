@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auth_server import validation
-from auth_server.accounts import mask_email
-from auth_server.devices import describe, device_name
-from auth_server.passwords import MAX_PASSWORD_BYTES
+from auth_server.domain import validation
+from auth_server.domain.accounts import mask_email
+from auth_server.domain.devices import describe, device_name
+from auth_server.domain.passwords import MAX_PASSWORD_BYTES
 
 
 @given(st.text(max_size=100))

@@ -35,12 +35,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_server.bridge import cookies
-from auth_server.bridge.errors import HttpError, bad_request, from_rpc_error
-from auth_server.bridge.routes import Match, Route, RouteTable, derive_routes
-from auth_server.bridge.transcode import build_request, parse_json_object, response_json
-from auth_server.config import Settings
-from auth_server.proxies import TrustedProxies
+from auth_server.http import cookies
+from auth_server.http.errors import HttpError, bad_request, from_rpc_error
+from auth_server.http.routes import Match, Route, RouteTable, derive_routes
+from auth_server.http.transcode import build_request, parse_json_object, response_json
+from auth_server.infra.config import Settings
+from auth_server.infra.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ DEMO_FILES = {
 
 
 def _load_demo() -> dict[str, tuple[bytes, str]]:
-    static = resources.files("auth_server.bridge").joinpath("static")
+    static = resources.files("auth_server.http").joinpath("static")
     return {path: (static.joinpath(name).read_bytes(), media) for path, (name, media) in DEMO_FILES.items()}
 
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from auth_server import errors
-from auth_server.audit import Audit
-from auth_server.clock import utcnow
-from auth_server.config import Settings
-from auth_server.errors import AuthError, Code, unauthenticated
-from auth_server.ids import new_id
-from auth_server.keys import KeyRing
+from auth_server.domain import errors
+from auth_server.domain.audit import Audit
+from auth_server.domain.errors import AuthError, Code, unauthenticated
+from auth_server.domain.tokens import AccessTokens, RefreshTokens
+from auth_server.infra.clock import utcnow
+from auth_server.infra.config import Settings
+from auth_server.infra.ids import new_id
+from auth_server.infra.keys import KeyRing
 from auth_server.store.base import Session, Store, User
-from auth_server.tokens import AccessTokens, RefreshTokens
 
 
 @dataclass(frozen=True)

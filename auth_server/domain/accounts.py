@@ -13,16 +13,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from auth_server import errors, otp, validation
-from auth_server.audit import Audit
-from auth_server.clock import utcnow
-from auth_server.config import Settings
-from auth_server.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
-from auth_server.ids import new_id
-from auth_server.keys import KeyRing
-from auth_server.mail import Mailer, MailError
-from auth_server.passwords import PasswordHasher
-from auth_server.sessions import Caller, Device, IssuedTokens, Sessions
+from auth_server.domain import errors, otp, validation
+from auth_server.domain.audit import Audit
+from auth_server.domain.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
+from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.sessions import Caller, Device, IssuedTokens, Sessions
+from auth_server.infra.clock import utcnow
+from auth_server.infra.config import Settings
+from auth_server.infra.ids import new_id
+from auth_server.infra.keys import KeyRing
+from auth_server.infra.mail import Mailer, MailError
 from auth_server.store.base import DuplicateKey, LoginChallenge, Store, User
 
 log = logging.getLogger(__name__)

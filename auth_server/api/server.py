@@ -19,21 +19,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_server.access import Guard, load_rules
-from auth_server.accounts import Accounts
-from auth_server.admin import Admin
-from auth_server.audit import Audit
-from auth_server.config import Settings, load_dev_secret
-from auth_server.keys import KeyRing
-from auth_server.mail import ConsoleMailer, Mailer, SmtpMailer
-from auth_server.metrics import Metrics
-from auth_server.passwords import PasswordHasher
-from auth_server.servicers.admin import AdminServicer
-from auth_server.servicers.auth import AuthServicer
-from auth_server.sessions import Sessions
+from auth_server.api.guard import Guard, load_rules
+from auth_server.api.servicers.admin import AdminServicer
+from auth_server.api.servicers.auth import AuthServicer
+from auth_server.domain.accounts import Accounts
+from auth_server.domain.admin import Admin
+from auth_server.domain.audit import Audit
+from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.sessions import Sessions
+from auth_server.domain.tokens import RefreshTokens, access_tokens_for
+from auth_server.infra.config import Settings, load_dev_secret
+from auth_server.infra.keys import KeyRing
+from auth_server.infra.mail import ConsoleMailer, Mailer, SmtpMailer
+from auth_server.infra.metrics import Metrics
 from auth_server.store import open_store
 from auth_server.store.base import Store, StoreUnavailable
-from auth_server.tokens import RefreshTokens, access_tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def create_server(
 ) -> App:
     """Open the store (StoreUnavailable if it cannot be reached), build and start the server.
 
-    `reuse_port` lets several worker processes listen on one port (SO_REUSEPORT; auth_server/workers.py).
+    `reuse_port` lets several worker processes listen on one port (SO_REUSEPORT; auth_server/runtime/workers.py).
     """
     secret = settings.jwt_secret or load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")
     keys = KeyRing.from_secret(secret)

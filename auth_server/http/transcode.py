@@ -22,8 +22,8 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from auth_server.bridge.errors import HttpError, bad_request
-from auth_server.bridge.routes import Route
+from auth_server.http.errors import HttpError, bad_request
+from auth_server.http.routes import Route
 
 # Presentation only (the routes themselves come from the protos): the `message` added to responses.
 MESSAGES = {

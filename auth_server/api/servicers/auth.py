@@ -5,12 +5,12 @@ from __future__ import annotations
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_server import devices
-from auth_server.access import current_call
-from auth_server.accounts import Accounts
-from auth_server.errors import AuthError, Code
-from auth_server.servicers import convert
-from auth_server.sessions import Device, Sessions
+from auth_server.api.guard import current_call
+from auth_server.api.servicers import convert
+from auth_server.domain import devices
+from auth_server.domain.accounts import Accounts
+from auth_server.domain.errors import AuthError, Code
+from auth_server.domain.sessions import Device, Sessions
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

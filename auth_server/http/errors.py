@@ -15,7 +15,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from auth_server.errors import DOMAIN
+from auth_server.domain.errors import DOMAIN
 
 HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
-from auth_server.errors import server_busy
+from auth_server.domain.errors import server_busy
 
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it, and we never truncate silently
 HASH_NICENESS = 10  # added to the hashing threads' nice value (Linux: per thread)

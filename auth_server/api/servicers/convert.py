@@ -8,9 +8,9 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
-from auth_server.access import ROLE_NAMES
-from auth_server.clock import utcnow
-from auth_server.sessions import IssuedTokens
+from auth_server.api.guard import ROLE_NAMES
+from auth_server.domain.sessions import IssuedTokens
+from auth_server.infra.clock import utcnow
 from auth_server.store.base import AuditEvent, Session, User
 
 ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}

@@ -1,6 +1,6 @@
 """The `auth-server` command: serve (default), bridge, and `user set-role` for bootstrapping an admin.
 
-`serve` runs the gRPC server and the HTTP bridge (auth_server/bridge) in one process; `bridge` runs
+`serve` runs the gRPC server and the HTTP bridge (auth_server/http) in one process; `bridge` runs
 the bridge alone in front of a gRPC server elsewhere. SIGTERM/SIGINT stop both cleanly (exit 0).
 
 Configuration errors and an unreachable store end the process with a one-line message and exit code
@@ -14,7 +14,8 @@ import signal
 import sys
 import threading
 
-from auth_server.config import ConfigError, Settings, check_addr, load_settings, redact_uri
+from auth_server.infra.config import ConfigError, Settings, check_addr, load_settings, redact_uri
+from auth_server.runtime import logs
 from auth_server.store.base import StoreUnavailable
 
 EXIT_CONFIG = 2
@@ -50,12 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(settings: Settings) -> None:
-    from auth_server import logs
-
-    logs.configure(settings.log_level)
-
-
 def _wait_for_signal() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -65,10 +60,10 @@ def _wait_for_signal() -> None:
 
 def serve(settings: Settings) -> int:
     # grpc and the bridge are imported only for the commands that need them
-    from auth_server.bridge.runner import BridgeServer, local_target, trust_local_bridge
-    from auth_server.server import create_server
+    from auth_server.api.server import create_server
+    from auth_server.http.runner import BridgeServer, local_target, trust_local_bridge
 
-    _configure_logging(settings)
+    logs.configure(settings.log_level)
     app = create_server(trust_local_bridge(settings))
     host = settings.grpc_addr.rpartition(":")[0]
     print(f"auth-server: gRPC listening on {host}:{app.port} (store: {redact_uri(settings.store_uri)})", flush=True)
@@ -90,9 +85,9 @@ def serve(settings: Settings) -> int:
 
 
 def bridge(settings: Settings, upstream: str | None) -> int:
-    from auth_server.bridge.runner import BridgeServer, local_target
+    from auth_server.http.runner import BridgeServer, local_target
 
-    _configure_logging(settings)
+    logs.configure(settings.log_level)
     upstream = check_addr("--upstream", upstream) if upstream else local_target(settings.grpc_addr)
     server = BridgeServer(settings, upstream).start()
     print(f"auth-server: HTTP bridge listening on {server.url} (upstream {upstream})", flush=True)
@@ -104,8 +99,8 @@ def bridge(settings: Settings, upstream: str | None) -> int:
 
 
 def set_role(settings: Settings, username: str, role: str, tenant: str | None) -> int:
+    from auth_server.domain.validation import normalise_username
     from auth_server.store import open_store
-    from auth_server.validation import normalise_username
 
     tenant = tenant or settings.default_tenant
     if tenant not in settings.tenants:
@@ -140,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         workers = getattr(args, "workers", 1)
         if workers > 1:
-            from auth_server.workers import serve_workers
+            from auth_server.runtime.workers import serve_workers
 
             return serve_workers(settings, workers)
         return serve(settings)

@@ -13,7 +13,7 @@ The parent does not serve gRPC itself. It:
   socket, so no other program takes it while workers start or restart);
 - creates the development JWT secret (SQLite store without AUTH_JWT_SECRET) before any worker runs,
   so the workers do not race to create it;
-- starts the workers (`python -m auth_server.workers`, a fresh interpreter each: nothing of grpc is
+- starts the workers (`python -m auth_server.runtime.workers`, a fresh interpreter each: nothing of grpc is
   forked) and waits until each reports, over a pipe, that it is serving; a worker that fails to start
   stops everything and its exit code (2 configuration, 1 store/address) becomes the parent's;
 - runs the HTTP bridge once, in the parent, in front of the shared port (AUTH_METRICS_ADDR is not
@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from auth_server.config import ConfigError, Settings, load_dev_secret, load_settings
+from auth_server.infra.config import ConfigError, Settings, load_dev_secret, load_settings
 from auth_server.store.base import StoreUnavailable
 
 READY_FD_ENV = "AUTH_WORKER_READY_FD"
@@ -85,7 +85,7 @@ class Supervisor:
         env = {**self._env, READY_FD_ENV: str(write_end), WORKER_ID_ENV: str(index)}
         try:
             proc = subprocess.Popen(  # a fresh interpreter: nothing of this process's grpc state is forked
-                [sys.executable, "-m", "auth_server.workers"], env=env, pass_fds=(write_end,)
+                [sys.executable, "-m", "auth_server.runtime.workers"], env=env, pass_fds=(write_end,)
             )
         finally:
             os.close(write_end)
@@ -105,7 +105,7 @@ class Supervisor:
         return _Worker(index, proc, time.monotonic())
 
     def run(self) -> int:
-        from auth_server.bridge.runner import BridgeServer, local_target
+        from auth_server.http.runner import BridgeServer, local_target
 
         settings = self._settings
         if not settings.jwt_secret:
@@ -180,16 +180,16 @@ def serve_workers(settings: Settings, count: int) -> int:
 
 def _worker_main() -> int:
     """One worker: the gRPC server alone (no bridge), on the shared port, until SIGTERM/SIGINT."""
-    from auth_server.bridge.runner import trust_local_bridge
-    from auth_server.cli import _configure_logging
-    from auth_server.server import create_server
+    from auth_server.api.server import create_server
+    from auth_server.http.runner import trust_local_bridge
+    from auth_server.runtime import logs
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         settings = load_settings()
-        _configure_logging(settings)
+        logs.configure(settings.log_level)
         app = create_server(trust_local_bridge(settings), reuse_port=True)  # the parent's bridge is local
     except ConfigError as error:
         print(f"auth-server: configuration error: {error}", file=sys.stderr)

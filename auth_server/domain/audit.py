@@ -13,8 +13,8 @@ import json
 import logging
 from collections.abc import Callable
 
-from auth_server.clock import utcnow
-from auth_server.ids import new_id
+from auth_server.infra.clock import utcnow
+from auth_server.infra.ids import new_id
 from auth_server.store.base import AuditEvent, Store
 
 log = logging.getLogger("auth.audit")

@@ -27,7 +27,7 @@ from typing import Any
 import jwt
 from jwt.utils import base64url_decode
 
-from auth_server.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthenticated
+from auth_server.domain.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthenticated
 
 ACCESS_TYPE = "access"
 REFRESH_PREFIX = "rt1"

@@ -26,8 +26,8 @@ import time
 
 import uvicorn
 
-from auth_server.bridge.app import create_app
-from auth_server.config import Settings
+from auth_server.http.app import create_app
+from auth_server.infra.config import Settings
 
 LOOPBACK = ("127.0.0.1/32", "::1/128")
 _ANY = ("", "0.0.0.0", "[::]", "::")  # noqa: S104 (recognising wildcard hosts, not binding)

@@ -27,13 +27,13 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_status import rpc_status
 
 from auth_client.gen.auth.v1 import access_pb2
-from auth_server import audit, errors
-from auth_server.config import TENANT_PATTERN, Settings
-from auth_server.errors import AuthError, Code, unauthenticated
-from auth_server.metrics import Metrics
-from auth_server.proxies import TrustedProxies
-from auth_server.rpc_errors import abort, to_status_proto
-from auth_server.sessions import Caller, Sessions
+from auth_server.api.rpc_errors import abort, to_status_proto
+from auth_server.domain import audit, errors
+from auth_server.domain.errors import AuthError, Code, unauthenticated
+from auth_server.domain.sessions import Caller, Sessions
+from auth_server.infra.config import TENANT_PATTERN, Settings
+from auth_server.infra.metrics import Metrics
+from auth_server.infra.proxies import TrustedProxies
 from auth_server.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from auth_server.errors import FieldViolation
-from auth_server.passwords import MAX_PASSWORD_BYTES
+from auth_server.domain.errors import FieldViolation
+from auth_server.domain.passwords import MAX_PASSWORD_BYTES
 
 USERNAME = re.compile(r"^[a-z0-9._-]{3,32}$")
 # Deliberately simple (RFC 5322 is not what users type): one @, no spaces/controls, a dotted domain.

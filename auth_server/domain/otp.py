@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from auth_server.keys import KeyRing
+from auth_server.infra.keys import KeyRing
 
 OTP_DIGITS = 6
 

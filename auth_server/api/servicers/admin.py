@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc
-from auth_server.access import ROLE_NAMES, current_call
-from auth_server.admin import Admin
-from auth_server.servicers import convert
+from auth_server.api.guard import ROLE_NAMES, current_call
+from auth_server.api.servicers import convert
+from auth_server.domain.admin import Admin
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

@@ -12,10 +12,10 @@ import binascii
 from collections.abc import Callable
 from typing import TypeVar
 
-from auth_server.audit import Audit
-from auth_server.clock import utcnow
-from auth_server.errors import AuthError, Code, FieldViolation, validation_failed
-from auth_server.sessions import Caller
+from auth_server.domain.audit import Audit
+from auth_server.domain.errors import AuthError, Code, FieldViolation, validation_failed
+from auth_server.domain.sessions import Caller
+from auth_server.infra.clock import utcnow
 from auth_server.store.base import AuditEvent, Store, User
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-from auth_server.tokens import RefreshTokens
+from auth_server.domain.tokens import RefreshTokens
 
 COOKIE_NAME = "refresh_token"
 COOKIE_PATH = "/api/v1/auth"
