@@ -21,6 +21,10 @@ tokens; the tokens are the server's own (same secret).
 ghz gets many distinct tokens without per-request files: the tokens are handed to ghz in its
 environment (T0..Tn-1) and its metadata template picks `env (printf "T%d" (mod .RequestNumber n))`;
 request bodies (Login, Refresh) come from a JSON array, which ghz uses round-robin by request number.
+
+The HTTP bridge is driven by vegeta (`.cache/bin/vegeta`, pinned like ghz: CPU 1, GOMAXPROCS=1) with
+the same tokens: a targets file of `GET /api/v1/auth/me` requests, one per token, used in turn, sent by
+50 workers back to back (`-rate=0 -max-workers=50`) over kept-alive connections, like ghz's `-c 50`.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -79,6 +83,9 @@ TARGETS = {
     "enum_timing_ratio": ("in", (0.9, 1.1)),
     "data_ratio": (">=", 0.9),
     "workers_ratio": ("info", None),
+    "bridge_ratio": (">=", 0.8),  # issue 15: the bridge's GET /me against gRPC GetMe, same server
+    "bridge_p50_excess_ms": ("<=", 2.0),  # the bridge's p50 minus GetMe's, both at 50 in flight
+    "replicas_ratio": ("info", None),
 }
 
 
@@ -274,6 +281,7 @@ class Server:
         full_env = {**os.environ, **env, "AUTH_GRPC_ADDR": "127.0.0.1:0", "AUTH_HTTP_ADDR": "127.0.0.1:0"}
         with self.log_path.open("w") as err:  # a file, never a pipe: a chatty server must not block
             self.proc = subprocess.Popen(cmd, env=full_env, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=err)
+        self.http_url = ""  # the bridge's base URL, from the same banner as the gRPC port
         self.port = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60) -> int:
@@ -287,10 +295,12 @@ class Server:
                 lines.append(line)
                 if "gRPC listening on" in line and not found:
                     found.append(int(line.split("listening on ", 1)[1].split()[0].rpartition(":")[2]))
+                if "HTTP bridge listening on " in line:
+                    self.http_url = line.split("HTTP bridge listening on ", 1)[1].split()[0]
 
         threading.Thread(target=pump, daemon=True).start()
         end = time.monotonic() + timeout
-        while not found:
+        while not (found and self.http_url):
             if self.proc.poll() is not None or time.monotonic() > end:
                 self.stop()
                 raise RuntimeError(f"server {self.name} did not start: {''.join(lines)} {self.log_tail()}")
@@ -419,6 +429,70 @@ class Ghz:
         )
 
 
+class Vegeta:
+    """vegeta for the HTTP bridge: `concurrency` workers back to back over kept-alive connections."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self._files = 0
+
+    def targets(self, url: str, tokens: list[str]) -> Path:
+        """A targets file: GET `url` once per token (vegeta takes them in turn, round-robin)."""
+        self._files += 1
+        path = self.workdir / f"targets-{self._files}.txt"
+        path.write_text("".join(f"GET {url}\nAuthorization: Bearer {t}\n\n" for t in tokens))
+        return path
+
+    def start(self, targets: Path, duration: float, concurrency: int = 50) -> tuple[subprocess.Popen[str], Path]:
+        self._files += 1
+        output = self.workdir / f"vegeta-{self._files}.bin"
+        cmd = [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            self.binary,
+            "attack",
+            f"-targets={targets}",
+            "-format=http",
+            "-rate=0",  # no pacing: each worker sends its next request when the last one is answered
+            f"-workers={concurrency}",
+            f"-max-workers={concurrency}",
+            f"-duration={duration:g}s",
+            "-timeout=10s",
+            "-keepalive=true",
+            f"-output={output}",
+        ]
+        env = {**os.environ, "GOMAXPROCS": "1"}  # one core, as ghz --cpus=1
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return proc, output
+
+    def finish(self, proc: subprocess.Popen[str], output: Path, timeout: float) -> Result:
+        _, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"vegeta failed ({proc.returncode}): {err[-800:]}")
+        report = subprocess.run(
+            [self.binary, "report", "-type=json", str(output)], capture_output=True, text=True, check=True
+        )
+        data: dict[str, Any] = json.loads(report.stdout)
+        codes: dict[str, int] = data.get("status_codes") or {}
+        lat = data["latencies"]
+        seconds = (data["duration"] + data["wait"]) / 1e9
+        count = int(data["requests"])
+        good = codes.get("200", 0)
+        kinds = {f"HTTP {code}": n for code, n in codes.items() if code != "200"}
+        return Result(
+            rps=good / seconds if seconds else 0.0,
+            p50=lat["50th"] / 1e6,
+            p95=lat["95th"] / 1e6,
+            p99=lat["99th"] / 1e6,
+            mean=lat["mean"] / 1e6,
+            count=count,
+            errors=count - good,
+            error_kinds=kinds,  # status 0: no HTTP answer (connection refused or reset, timeout)
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +504,7 @@ class Bench:
         self.p = profile
         self.tmp = tmp
         self.ghz = Ghz(args.ghz, tmp)
+        self.vegeta = Vegeta(args.vegeta, tmp) if args.vegeta else None
         self.servers: list[Server] = []
         self.extra_pids: list[int] = []  # FerretDB: ours, not foreign
         self.scenarios: dict[str, Scenario] = {}
@@ -486,18 +561,77 @@ class Bench:
     ) -> Result:
         if kw.get("duration") is None and kw.get("total") is None:
             kw = kw | {"duration": self.p.measure}
-        pids = server.pids() if server else []
+
+        def run() -> Result:
+            proc = self.ghz.start(self.ghz.command(method, target, **kw), tokens)
+            return self.ghz.finish(proc, (kw.get("duration") or 0) + 300, expected)
+
+        return self.accounted(server, run)
+
+    def accounted(self, servers: Server | list[Server] | None, run: Callable[[], Result]) -> Result:
+        """`run` (one load generator run, or several side by side) with the CPU the servers used meanwhile."""
+        servers = [servers] if isinstance(servers, Server) else servers or []
+        pids = [pid for server in servers for pid in server.pids()]
         cpu0, busy0, ours0, t0 = cpu_seconds(*pids), machine_busy_seconds(), cpu_seconds(*self.extra_pids), time.time()
         children0 = _children_cpu()
-        proc = self.ghz.start(self.ghz.command(method, target, **kw), tokens)
-        result = self.ghz.finish(proc, (kw.get("duration") or 0) + 300, expected)
+        result = run()
         span = time.time() - t0
-        ghz_cpu = _children_cpu() - children0  # ghz is the child reaped in this window
+        load_cpu = _children_cpu() - children0  # the load generators are the children reaped in this window
         used = cpu_seconds(*pids) - cpu0
-        ours = used + ghz_cpu + cpu_seconds(*self.extra_pids) - ours0
+        ours = used + load_cpu + cpu_seconds(*self.extra_pids) - ours0
         result.server_cpu = used / span if pids else None
         result.foreign_cpu = max(0.0, (machine_busy_seconds() - busy0 - ours) / span)
         return result
+
+    def measure_http(self, server: Server, path: str, tokens: list[str]) -> Result:
+        """GET `path` on the server's bridge with each token in turn (vegeta), after a warm-up run."""
+        vegeta = self.vegeta
+        assert vegeta is not None
+        targets = vegeta.targets(server.http_url + path, tokens)
+        self.quiet()
+        if self.p.warmup:
+            proc, output = vegeta.start(targets, self.p.warmup)
+            vegeta.finish(proc, output, self.p.warmup + 60)
+
+        def run() -> Result:
+            proc, output = vegeta.start(targets, self.p.measure)
+            return vegeta.finish(proc, output, self.p.measure + 60)
+
+        return self.accounted(server, run)
+
+    def measure_spread(self, servers: list[Server], method: str, tokens: list[str], concurrency: int = 50) -> Result:
+        """One ghz per server side by side, the concurrency split between them; their results combined.
+
+        Rates and counts add up; p50/p95/p99 are the worse of the servers' (ghz reports no histogram to
+        merge), the mean is weighted by calls.
+        """
+        each = {"token_count": len(tokens), "concurrency": concurrency // len(servers)}
+        self.quiet()
+
+        def side_by_side(duration: float) -> list[Result]:
+            procs = [
+                self.ghz.start(self.ghz.command(method, s.target, duration=duration, **each), tokens) for s in servers
+            ]
+            return [self.ghz.finish(proc, duration + 300) for proc in procs]
+
+        if self.p.warmup:
+            side_by_side(self.p.warmup)
+
+        def run() -> Result:
+            parts = side_by_side(self.p.measure)
+            count = sum(r.count for r in parts)
+            return Result(
+                rps=sum(r.rps for r in parts),
+                p50=max(r.p50 for r in parts),
+                p95=max(r.p95 for r in parts),
+                p99=max(r.p99 for r in parts),
+                mean=sum(r.mean * r.count for r in parts) / count if count else float("nan"),
+                count=count,
+                errors=sum(r.errors for r in parts),
+                error_kinds=_merge([r.error_kinds for r in parts]),
+            )
+
+        return self.accounted(servers, run)
 
     def record(self, key: str, label: str, result: Result, note: str = "") -> Result:
         scenario = self.scenario(key, label)
@@ -578,6 +712,8 @@ class Bench:
             self.values["ferret_id_index"] = f"added to {indexed} collections (see loadtools.index_ferret_ids)"
             log(f"  FerretDB: _id index on the queried expression added to {indexed} collections")
         want = self.args.only
+        if self.vegeta is None and want & {2}:
+            log("  no vegeta: the bridge run of scenario 2 is skipped (scripts/provision vegeta, or $VEGETA)")
         main = self.server(env, "main")
         if want & {1, 2, 3}:
             self.scenario_throughput(main, tokens)
@@ -594,6 +730,8 @@ class Bench:
             self.scenario_data(small_uri, big_uri, small_tokens)
         if 9 in want:
             self.scenario_workers(env)
+        if 10 in want:
+            self.scenario_replicas(env, tokens)
         return self.report()
 
     def start_ferret(self) -> str:
@@ -617,6 +755,12 @@ class Bench:
                 f"2 GetMe, {len(tokens)} sessions",
                 self.measure(server, "auth.v1.AuthService/GetMe", tokens=tokens),
             )
+            if self.vegeta is not None:  # the same call through the bridge, right after: bridge_ratio
+                self.record(
+                    "bridge_me",
+                    f"2 bridge GET /api/v1/auth/me, {len(tokens)} sessions",
+                    self.measure_http(server, "/api/v1/auth/me", tokens),
+                )
             self.record(
                 "reject",
                 "3 GetMe, bad signature",
@@ -818,12 +962,36 @@ class Bench:
             for server in servers.values():
                 server.stop()
 
+    # ---- scenario 10: replicas on one store -----------------------------------------------------------
+
+    def scenario_replicas(self, env: dict[str, str], tokens: list[str]) -> None:
+        log("scenario 10: GetMe on one server vs two server processes on one store, load spread over both")
+        one = self.server(env, "replica-a", cpus=None)  # unpinned, as in scenario 9: ghz stays on CPU 1
+        two = self.server(env, "replica-b", cpus=None)
+        try:
+            for _ in range(self.p.rounds):
+                self.record(
+                    "replicas_1",
+                    "10 GetMe, 1 server",
+                    self.measure(one, "auth.v1.AuthService/GetMe", tokens=tokens),
+                )
+                self.record(
+                    "replicas_2",
+                    "10 GetMe, 2 servers on one store",
+                    self.measure_spread([one, two], "auth.v1.AuthService/GetMe", tokens),
+                    note="two ghz at -c 25 side by side, one per server; p50/p95/p99: the worse of the two",
+                )
+        finally:
+            one.stop()
+            two.stop()
+
     # ---- report ----------------------------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
         nan = float("nan")
         s = collections.defaultdict(lambda: nan, {k: v.median("rps") for k, v in self.scenarios.items()})
         p99 = collections.defaultdict(lambda: nan, {k: v.median("p99") for k, v in self.scenarios.items()})
+        p50 = collections.defaultdict(lambda: nan, {k: v.median("p50") for k, v in self.scenarios.items()})
         mean = collections.defaultdict(lambda: nan, {k: v.median("mean") for k, v in self.scenarios.items()})
         self.values.setdefault("bcrypt_rps", nan)
         self.values.setdefault("bcrypt_rps_rounds", [])
@@ -837,6 +1005,9 @@ class Bench:
             "enum_timing_ratio": mean["enum_unknown"] / mean["enum_known"],
             "data_ratio": s["data_big"] / s["data_small"],
             "workers_ratio": s["workers_2"] / s["workers_1"],
+            "bridge_ratio": s["bridge_me"] / s["getme"],
+            "bridge_p50_excess_ms": p50["bridge_me"] - p50["getme"],
+            "replicas_ratio": s["replicas_2"] / s["replicas_1"],
         }
         return {
             **{k: (round(v, 3) if v == v else None) for k, v in ratios.items()},
@@ -851,7 +1022,7 @@ class Bench:
                 "grpcio": _version("grpcio"),
                 "bcrypt": _version("bcrypt"),
                 "bcrypt_rounds": self.rounds,
-                "pinning": f"server CPU {SERVER_CPU} (all CPUs for scenarios 4, 6, 7, 9), ghz CPU {LOAD_CPU}",
+                "pinning": f"server CPU {SERVER_CPU} (all: 4, 6, 7, 9, 10), ghz and vegeta CPU {LOAD_CPU}",
                 "seconds": round(time.monotonic() - self.started),
                 "command": "scripts/bench " + " ".join(sys.argv[1:]),
                 "loadavg_at_end": _loadavg(),
@@ -962,7 +1133,7 @@ def _bench(args: argparse.Namespace, profile: Profile) -> Iterator[Bench]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark auth-server with ghz: 9 scenarios, a table, and bench/results.json (issue 6).",
+        description="Benchmark auth-server with ghz and vegeta: 10 scenarios, a table, and bench/results.json.",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run, under two minutes (one round, short runs)")
     parser.add_argument(
@@ -976,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", default=str(REPO / "bench" / "results.json"), help="where to write the JSON")
     parser.add_argument(
-        "--only", nargs="+", type=int, choices=range(1, 10), metavar="N", help="run only these scenarios (1-9)"
+        "--only", nargs="+", type=int, choices=range(1, 11), metavar="N", help="run only these scenarios (1-10)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: quick 1, full 2)")
     parser.add_argument("--measure", type=float, help="measured seconds of each throughput run")
@@ -990,6 +1161,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-logs", action="store_true", help="copy server logs to bench/logs/")
     parser.add_argument("--ghz", help="ghz binary (default $GHZ, .cache/bin/ghz, PATH)")
+    parser.add_argument(
+        "--vegeta", help="vegeta binary, HTTP load on the bridge (default $VEGETA, .cache/bin/vegeta, PATH)"
+    )
     parser.add_argument("--ferretdb", help="FerretDB binary (default $FERRETDB, .cache/bin/ferretdb, PATH)")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
@@ -997,12 +1171,13 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     if args.measure:
         profile = dataclasses.replace(profile, measure=args.measure)
-    args.only = set(args.only or range(1, 10))
+    args.only = set(args.only or range(1, 11))
     if args.store == "mongodb":  # a FerretDB-backed store is far slower: fewer refresh tokens, same scenarios
         profile = dataclasses.replace(profile, refresh_calls=1000, refresh_warm=200)
     if args.bcrypt_rounds is None:
         args.bcrypt_rounds = int(os.environ.get("AUTH_BCRYPT_ROUNDS") or (10 if args.quick else 12))
     args.ghz = args.ghz or find_tool("ghz", "GHZ")
+    args.vegeta = args.vegeta or find_tool("vegeta", "VEGETA")  # optional: without it no bridge run
     if not args.ghz:
         log("ghz not found: scripts/provision ghz (builds it into .cache/bin), or set $GHZ")
         return 2

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +35,7 @@ from auth_server.domain.errors import AuthError, Code, unauthenticated
 from auth_server.domain.sessions import Caller, Sessions
 from auth_server.infra.config import TENANT_PATTERN, Settings
 from auth_server.infra.metrics import Metrics
-from auth_server.infra.proxies import TrustedProxies
+from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
 from auth_server.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -163,8 +165,11 @@ class Guard(grpc.ServerInterceptor):
             started = time.perf_counter()
             outcome: AuthError | None = None
             info: CallInfo | None = None
+            headers = _text_headers(context)
+            # Known before anything can fail, so the access log names the source of rejected calls too.
+            ip = self._client_ip(context.peer(), headers)
             try:
-                info = self._admit(rule, context)
+                info = self._admit(rule, headers, ip)
                 token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
                 try:
                     return behavior(request, context)
@@ -181,7 +186,7 @@ class Guard(grpc.ServerInterceptor):
                 log.exception("unexpected error in %s", method)
                 outcome = AuthError(Code.INTERNAL, "INTERNAL", "Internal error.")
             finally:
-                self._finish(method, info, outcome, time.perf_counter() - started)
+                self._finish(method, info, ip, outcome, time.perf_counter() - started)
             self._abort(context, outcome)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -203,7 +208,9 @@ class Guard(grpc.ServerInterceptor):
         context.abort_with_status(status)
         raise AssertionError("abort_with_status returned")  # it always raises
 
-    def _finish(self, method: str, info: CallInfo | None, error: AuthError | None, seconds: float) -> None:
+    def _finish(
+        self, method: str, info: CallInfo | None, ip: str, error: AuthError | None, seconds: float
+    ) -> None:
         """The access log line and the call metrics: one of each per call."""
         code = error.code.value if error else "OK"
         observers = self._observers.get((method, code))
@@ -225,7 +232,7 @@ class Guard(grpc.ServerInterceptor):
                 "tenant": info.tenant if info else "",
                 # a hash, not the id: the log should not hand out handles on live sessions
                 "session": self._session_tag(caller.session.id) if caller else "",
-                "ip": info.ip_address if info else "",
+                "ip": ip,
             }
             # What access_log.info("call", extra=extra) does, less its walk up the stack to find the
             # caller's file and line: they are always these.
@@ -243,11 +250,7 @@ class Guard(grpc.ServerInterceptor):
             self._session_tags[session_id] = tag
         return tag
 
-    def _admit(self, rule: Rule, context: grpc.ServicerContext) -> CallInfo:
-        headers: dict[str, list[str]] = {}
-        for key, value in context.invocation_metadata():
-            if isinstance(value, str):  # binary (-bin) headers are never ours to read
-                headers.setdefault(key, []).append(value)
+    def _admit(self, rule: Rule, headers: dict[str, list[str]], ip: str) -> CallInfo:
         tenant = self._tenant(headers.get("x-tenant-id"))
         caller = None if rule.public else self._authenticate(tenant, headers.get("authorization"), rule)
         return CallInfo(
@@ -256,7 +259,7 @@ class Guard(grpc.ServerInterceptor):
             # gRPC clients cannot set user-agent per call, so proxies and browsers' bridges send x-user-agent.
             user_agent=(headers.get("x-user-agent") or headers.get("user-agent") or [""])[0][:MAX_HEADER_CHARS],
             device_name=(headers.get("x-device-name") or [None])[0],
-            ip_address=self._client_ip(context.peer(), headers.get("x-forwarded-for")),
+            ip_address=ip,
         )
 
     def _tenant(self, values: list[str] | None) -> str:
@@ -281,16 +284,36 @@ class Guard(grpc.ServerInterceptor):
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
         return caller
 
-    def _client_ip(self, peer: str, forwarded: list[str] | None) -> str:
+    def _client_ip(self, peer: str, headers: dict[str, list[str]]) -> str:
+        """The client's address: the peer's, or from x-forwarded-for when the peer is a proxy we trust
+        (listed in AUTH_TRUSTED_PROXIES, or `serve`'s own bridge proving itself with its secret)."""
         ip = _peer_ip(peer)
-        if not forwarded or ip not in self._proxies:
+        forwarded = headers.get("x-forwarded-for")
+        if not forwarded or not (ip in self._proxies or self._is_own_bridge(headers.get(BRIDGE_HEADER))):
             return ip
-        # Walk x-forwarded-for from the right: the first hop we do not trust is the client.
-        hops = [h.strip() for h in ",".join(forwarded).split(",") if h.strip()]
-        for hop in reversed(hops):
-            if hop not in self._proxies:
-                return hop[:64]
-        return hops[0][:64] if hops else ip
+        # Walk x-forwarded-for from the right: the first hop we do not trust is the client. Every hop
+        # must be an IP address; anything else means the chain cannot be believed: use the peer.
+        address = ip
+        for hop in reversed(",".join(forwarded).split(",")):
+            try:
+                address = str(ipaddress.ip_address(hop.strip()))
+            except ValueError:
+                return ip
+            if address not in self._proxies:
+                return address
+        return address  # every hop is a trusted proxy: the leftmost one made the call
+
+    def _is_own_bridge(self, values: list[str] | None) -> bool:
+        secret = self._settings.bridge_secret
+        return bool(secret and values and len(values) == 1 and hmac.compare_digest(values[0].encode(), secret.encode()))
+
+
+def _text_headers(context: grpc.ServicerContext) -> dict[str, list[str]]:
+    headers: dict[str, list[str]] = {}
+    for key, value in context.invocation_metadata():
+        if isinstance(value, str):  # binary (-bin) headers are never ours to read
+            headers.setdefault(key, []).append(value)
+    return headers
 
 
 def _deny_undeclared(request: Any, context: grpc.ServicerContext) -> Any:

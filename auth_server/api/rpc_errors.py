@@ -1,12 +1,13 @@
-"""The error boundary's transport half: AuthError -> gRPC status with google.rpc.ErrorInfo (AIP-193)
-and, for input errors, google.rpc.BadRequest field violations, sent in grpc-status-details-bin."""
+"""The error boundary's transport half: AuthError -> gRPC status with google.rpc.ErrorInfo (AIP-193),
+google.rpc.BadRequest field violations for input errors and google.rpc.RetryInfo when a retry after a
+delay can succeed, sent in grpc-status-details-bin."""
 
 from __future__ import annotations
 
 from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -28,6 +29,10 @@ def to_status_proto(error: AuthError) -> status_pb2.Status:
             )
         )
         details.append(bad)
+    if error.retry_after is not None:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=error.retry_after)))
+        details.append(retry)
     return status_pb2.Status(code=code_pb2.Code.Value(error.code.value), message=error.message, details=details)
 
 

@@ -8,7 +8,9 @@ bcrypt is bounded (passwords.py) so a login storm leaves threads for cheap calls
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -27,8 +29,9 @@ from auth_server.domain.admin import Admin
 from auth_server.domain.audit import Audit
 from auth_server.domain.passwords import PasswordHasher
 from auth_server.domain.sessions import Sessions
+from auth_server.domain.throttle import Throttle
 from auth_server.domain.tokens import RefreshTokens, access_tokens_for
-from auth_server.infra.config import Settings, load_dev_secret
+from auth_server.infra.config import ConfigError, Settings, load_dev_secret
 from auth_server.infra.keys import KeyRing
 from auth_server.infra.mail import ConsoleMailer, Mailer, SmtpMailer
 from auth_server.infra.metrics import Metrics
@@ -107,6 +110,41 @@ def build_mailer(settings: Settings) -> Mailer:
     return SmtpMailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else ConsoleMailer()
 
 
+def check_can_listen(addr: str, reuse_port: bool) -> None:
+    """ConfigError naming AUTH_GRPC_ADDR when `addr` cannot be listened on (a port in use, an address not
+    on this machine), checked before grpc tries: grpc would print a C-core error line and raise a
+    RuntimeError that names neither the cause nor the variable. Port 0 always works."""
+    host, _, port = addr.rpartition(":")
+    if int(port) == 0:
+        return
+
+    def refuse(error: OSError) -> ConfigError:
+        return ConfigError(f"AUTH_GRPC_ADDR: gRPC server cannot listen on {addr}: {error.strerror or error}")
+
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as error:
+        raise refuse(error) from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in found:
+        with socket.socket(family, kind, proto) as probe:
+            # As grpc binds: SO_REUSEADDR (a port left in TIME_WAIT is free), SO_REUSEPORT for --workers.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise refuse(error) from None
+                failures.append(error)
+    # grpc listens when at least one of the resolved addresses works ("localhost" without IPv6 is fine).
+    if failures and len(failures) == len(found):
+        raise refuse(failures[0])
+
+
 def create_server(
     settings: Settings,
     *,
@@ -119,6 +157,7 @@ def create_server(
 
     `reuse_port` lets several worker processes listen on one port (SO_REUSEPORT; auth_server/runtime/workers.py).
     """
+    check_can_listen(settings.grpc_addr, reuse_port)  # before the store opens: nothing to undo
     secret = settings.jwt_secret or load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")
     keys = KeyRing.from_secret(secret)
     store = store or open_store(settings.store_uri)
@@ -141,7 +180,8 @@ def create_server(
     metrics = Metrics()
     audit = Audit(store, metrics.count_event)
     sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
-    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions, audit)
+    throttle = Throttle(store, settings, keys)
+    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions, audit, throttle)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
 
     server = grpc.server(
@@ -160,10 +200,13 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(settings.grpc_addr)
+    try:
+        port = server.add_insecure_port(settings.grpc_addr)
+    except RuntimeError:  # taken between the check above and now
+        port = 0
     if port == 0:
         store.close()
-        raise OSError(f"cannot listen on {settings.grpc_addr}")
+        raise ConfigError(f"AUTH_GRPC_ADDR: gRPC server cannot listen on {settings.grpc_addr}")
     monitor = HealthMonitor(store, health_servicer, health_interval)
     monitor.start()
     server.start()

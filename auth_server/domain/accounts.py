@@ -1,23 +1,26 @@
-"""Account flows: sign-up, the two-step login (password, then an e-mailed code), password change,
-failed-login lockout and the e-mailed unlock. No gRPC and no database types: only the Store protocol.
+"""Account flows: sign-up, the two-step login (password, then an e-mailed code), password change and
+the e-mailed unlock. No gRPC and no database types: only the Store protocol.
 
-Login never tells whether a user exists: unknown users get the same reason and spend the same bcrypt
-time as a wrong password. Every counter lives in the store and moves by atomic increments, so parallel
-guesses are all counted and the lockout holds across replicas and restarts.
+Login never tells whether a user exists: unknown users get the same reason, spend the same bcrypt
+time as a wrong password and meet the same throttles (throttle.py), whose counters live in the store
+and change atomically, so they hold across replicas and restarts. A failure never ends a session and
+never locks the owner out: only an admin's lock answers ACCOUNT_LOCKED.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from auth_server.domain import errors, otp, validation
+from auth_server.domain import errors, known_devices, otp, validation
 from auth_server.domain.audit import Audit
 from auth_server.domain.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
 from auth_server.domain.passwords import PasswordHasher
 from auth_server.domain.sessions import Caller, Device, IssuedTokens, Sessions
+from auth_server.domain.throttle import Throttle
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import Settings
 from auth_server.infra.ids import new_id
@@ -27,7 +30,10 @@ from auth_server.store.base import DuplicateKey, LoginChallenge, Store, User
 
 log = logging.getLogger(__name__)
 
-MAX_LOCKOUT = timedelta(hours=24)
+@dataclass(frozen=True)
+class SignedIn:
+    tokens: IssuedTokens
+    device_token: str  # proof of a known device for later logins (known_devices.py)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,9 @@ class Accounts:
         mailer: Mailer,
         sessions: Sessions,
         audit: Audit,
+        throttle: Throttle,
     ) -> None:
+        self._throttle = throttle
         self._audit = audit
         self._store = store
         self._settings = settings
@@ -77,7 +85,9 @@ class Accounts:
 
     # --- sign-up
 
-    def signup(self, tenant: str, username: str, email: str, password: str, name: str, phone: str) -> User:
+    def signup(
+        self, tenant: str, username: str, email: str, password: str, name: str, phone: str, source: str = ""
+    ) -> User:
         username = validation.normalise_username(username)
         email = validation.normalise_email(email)
         name, phone = name.strip(), phone.strip()
@@ -97,7 +107,7 @@ class Accounts:
             name=name,
             phone=phone,
             role="user",
-            password_hash=self._hasher.hash(password),
+            password_hash=self._hasher.hash(password, source),
             created_at=utcnow(),
         )
         try:
@@ -111,7 +121,10 @@ class Accounts:
 
     # --- login, step 1: the password
 
-    def login(self, tenant: str, username_or_email: str, password: str) -> LoginStarted:
+    def login(
+        self, tenant: str, username_or_email: str, password: str, source: str = "", device_token: str = ""
+    ) -> LoginStarted:
+        """Check the password and e-mail a code. `source` is the client IP; `device_token` a known device's."""
         identifier = username_or_email.strip().lower()
         missing = [
             FieldViolation(f, "Required.")
@@ -122,28 +135,88 @@ class Accounts:
             raise validation_failed(missing)
         user = self._store.find_user(tenant, identifier) if len(identifier) <= validation.MAX_IDENTIFIER_CHARS else None
         now = utcnow()
-        if user is None:
-            self._hasher.verify_dummy()
-            self._audit.record(tenant, "login.failed", reason="unknown_user")
-            raise unauthenticated(*errors.INVALID_CREDENTIALS)
-        if user.is_locked(now):
-            self._hasher.verify_dummy()  # no password check while locked: guessing gains nothing
-            self._audit.record(tenant, "login.refused", user_id=user.id, reason="locked")
-            raise unauthenticated(*errors.ACCOUNT_LOCKED)
-        if not self._hasher.verify(password, user.password_hash):
-            self._audit.record(tenant, "login.failed", user_id=user.id, reason="wrong_password")
-            self._record_failure(tenant, user)
-            raise unauthenticated(*errors.INVALID_CREDENTIALS)
-        # Success resets the counters, unless a lock landed while we were hashing.
-        user = self._store.update_user(
-            tenant,
-            user.id,
-            set={"failed_logins": 0, "lockouts": 0},
-            expect={"admin_locked": False, "locked_until": user.locked_until},
+        known = user is not None and known_devices.is_known(
+            self._keys, device_token, user, now, self._settings.device_token_ttl
         )
-        if user is None:
+        # Refusals come before any bcrypt work and read the same for an identifier no account has.
+        refusal = self._throttle.pair_blocked(tenant, identifier, source, now)
+        if refusal is None and not known:
+            refusal = self._throttle.account_over_budget(tenant, identifier, now)
+        if refusal is not None:
+            self._audit.record(tenant, "login.refused", user_id=user.id if user else "", reason="rate_limited")
+            raise refusal
+        if not self._check_password(tenant, identifier, user, password, source, now):
+            raise unauthenticated(*errors.INVALID_CREDENTIALS)
+        assert user is not None  # _check_password is never true without a user
+        if user.admin_locked:  # told only to whoever knows the password
+            self._audit.record(tenant, "login.refused", user_id=user.id, reason="admin_locked")
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
         return self._send_code(tenant, user, now)
+
+    def _check_password(
+        self, tenant: str, identifier: str, user: User | None, password: str, source: str, now: datetime
+    ) -> bool:
+        """One throttled password check: counted per source and per (identifier, source), and on
+        failure against the identifier's account budget. A failure never ends a session."""
+        self._throttle.admit_source(tenant, source, now)
+        try:
+            ordinal = self._throttle.reserve_pair(tenant, identifier, source, now)
+        except AuthError:
+            self._throttle.refund_source(tenant, source, now)
+            raise
+        try:
+            if user is None:
+                self._hasher.verify_dummy(source)
+                ok = False
+            else:
+                ok = self._hasher.verify(password, user.password_hash, source)
+        except AuthError:  # the hashing gate was full: nothing was checked, so nothing is counted
+            self._throttle.pair_release(tenant, identifier, source, now)
+            self._throttle.refund_source(tenant, source, now)
+            raise
+        if ok:
+            self._throttle.pair_succeeded(tenant, identifier, source, now)
+            return True
+        user_id = user.id if user else ""
+        self._audit.record(
+            tenant, "login.failed", user_id=user_id, reason="wrong_password" if user else "unknown_user"
+        )
+        locked_for = self._throttle.pair_failed(tenant, identifier, source, ordinal, now)
+        if locked_for is not None:
+            self._audit.record(
+                tenant, "login.source_locked", user_id=user_id, seconds=str(int(locked_for.total_seconds()))
+            )
+        if self._throttle.spend_account(tenant, (identifier,), now) and user is not None:
+            self._budget_spent(tenant, user, now)
+        return False
+
+    def _budget_spent(self, tenant: str, user: User, now: datetime) -> None:
+        """The account's failure budget just ran out: mail the owner an unlock link, once per episode."""
+        secret = secrets.token_urlsafe(32)
+        token = f"{user.id}.{secret}"
+        self._store.update_user(
+            tenant,
+            user.id,
+            set={
+                "unlock_token_hash": self._keys.hash("unlock", token),
+                "unlock_token_expires_at": now + timedelta(seconds=self._settings.unlock_ttl),
+            },
+        )
+        window = self._settings.failure_window
+        self._audit.record(tenant, "account.throttled", user_id=user.id, seconds=str(window))
+        link = f"{self._settings.public_url}/api/v1/auth/unlock?token={token}"
+        try:
+            self._mailer.send(
+                user.email,
+                "Failed sign-in attempts on your account",
+                "There were many failed attempts to sign in to your account, so sign-ins from devices you have "
+                f"not used before are paused for up to {max(1, window // 60)} minutes. Your signed-in devices "
+                "are not affected.\n"
+                f"If this was you, lift the pause now:\n{link}\n"
+                "If it was not you, nothing else is needed; consider changing your password.\n",
+            )
+        except MailError:
+            log.warning("unlock mail failed; the pause still ends by itself", exc_info=True)
 
     def _send_code(self, tenant: str, user: User, now: datetime) -> LoginStarted:
         interval = self._settings.otp_resend_interval
@@ -183,54 +256,12 @@ class Accounts:
         self._audit.record(tenant, "login.code_sent", user_id=user.id, login_id=challenge.id)
         return LoginStarted(challenge.id, challenge.expires_at, mask_email(user.email))
 
-    def _record_failure(self, tenant: str, user: User) -> None:
-        counted = self._store.update_user(tenant, user.id, inc={"failed_logins": 1})
-        # Exactly one of any number of parallel failures sees the threshold itself, so it alone locks.
-        if counted is not None and counted.failed_logins == self._settings.lockout_threshold:
-            self._lock_out(tenant, counted)
-
-    def _lock_out(self, tenant: str, user: User) -> None:
-        now = utcnow()
-        duration = min(timedelta(seconds=self._settings.lockout_duration) * 2 ** min(user.lockouts, 16), MAX_LOCKOUT)
-        secret = secrets.token_urlsafe(32)
-        token = f"{user.id}.{secret}"
-        self._store.update_user(
-            tenant,
-            user.id,
-            set={
-                "locked_until": now + duration,
-                "failed_logins": 0,
-                "unlock_token_hash": self._keys.hash("unlock", token),
-                "unlock_token_expires_at": now + timedelta(seconds=self._settings.unlock_ttl),
-            },
-            inc={"lockouts": 1},
-        )
-        revoked = self._store.revoke_sessions(tenant, user.id, now, "locked")
-        self._store.consume_challenges(tenant, user.id, now)
-        self._audit.record(
-            tenant,
-            "account.locked",
-            user_id=user.id,
-            reason="failed_logins",
-            seconds=str(int(duration.total_seconds())),
-            revoked_sessions=str(revoked),
-        )
-        link = f"{self._settings.public_url}/api/v1/auth/unlock?token={token}"
-        try:
-            self._mailer.send(
-                user.email,
-                "Your account was locked",
-                f"Too many failed sign-in attempts locked your account for {int(duration.total_seconds() // 60)} "
-                f"minutes.\nIf this was you, unlock it now:\n{link}\n",
-            )
-        except MailError:
-            log.warning("unlock mail failed; the lock still expires by itself", exc_info=True)
-
     # --- login, step 2: the code
 
-    def verify_otp(self, tenant: str, login_id: str, code: str, device: Device) -> IssuedTokens:
+    def verify_otp(self, tenant: str, login_id: str, code: str, device: Callable[[], Device]) -> SignedIn:
+        """Redeem a login's code; `device` describes the caller's device and is called only on success."""
         invalid = unauthenticated("OTP_INVALID", "The code is not valid.")
-        if not login_id or len(login_id) > 64 or not login_id.isalnum():
+        if not login_id or len(login_id) > 64 or not (login_id.isascii() and login_id.isalnum()):
             raise invalid
         challenge = self._store.get_challenge(tenant, login_id)
         if challenge is None or challenge.consumed_at is not None:
@@ -249,6 +280,7 @@ class Accounts:
         if not otp.well_formed(code) or not self._keys.matches(challenge.otp_hash, "otp", login_id, code):
             left = self._settings.otp_max_attempts - counted.attempts
             self._audit.record(tenant, "otp.failed", user_id=challenge.user_id, login_id=login_id)
+            self._code_failed(tenant, challenge.user_id)
             raise AuthError(
                 Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.", metadata={"attempts_left": str(left)}
             )
@@ -259,24 +291,33 @@ class Accounts:
         ):
             raise invalid  # a parallel call redeemed it first: a code works once
         user = self._store.get_user(tenant, challenge.user_id)
-        if user is None or user.is_locked(now):
+        if user is None or user.admin_locked:
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
-        tokens = self._sessions.open(tenant, user, device)
+        tokens = self._sessions.open(tenant, user, device())
         self._audit.record(tenant, "login.succeeded", user_id=user.id, session_id=tokens.session_id)
-        return tokens
+        return SignedIn(tokens, known_devices.issue(self._keys, user, now))
+
+    def _code_failed(self, tenant: str, user_id: str) -> None:
+        """A wrong code spends the account's budget under both its names (see throttle.py)."""
+        user = self._store.get_user(tenant, user_id)
+        if user is None:
+            return
+        now = utcnow()
+        if self._throttle.spend_account(tenant, (user.username, user.email), now):
+            self._budget_spent(tenant, user, now)
 
     # --- password change and unlock
 
-    def change_password(self, caller: Caller, current: str, new: str) -> int:
+    def change_password(self, caller: Caller, current: str, new: str, source: str = "") -> int:
         user = caller.user
         if not current:
             raise validation_failed([FieldViolation("current_password", "Required.")])
         violations = validation.check_password(new, "new_password", username=user.username, email=user.email)
         if violations:
             raise validation_failed(violations)
-        if not self._hasher.verify(current, user.password_hash):
+        # Throttled like a login by username: a stolen access token must not become a password oracle.
+        if not self._check_password(caller.tenant, user.username, user, current, source, utcnow()):
             self._audit.record(caller.tenant, "password.change_failed", user_id=user.id)
-            self._record_failure(caller.tenant, user)
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         if new == current:
             raise validation_failed([FieldViolation("new_password", "Must differ from the current password.")])
@@ -284,19 +325,21 @@ class Accounts:
         changed = self._store.update_user(
             caller.tenant,
             user.id,
-            set={"password_hash": self._hasher.hash(new), "password_changed_at": now},
+            set={"password_hash": self._hasher.hash(new, source), "password_changed_at": now},
             expect={"password_hash": user.password_hash},
         )
         if changed is None:  # changed concurrently by another session: make the caller retry
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "password_changed")
+        # A login started with the old password must not finish after the change.
+        self._store.consume_challenges(caller.tenant, user.id, now)
         self._audit.record(caller.tenant, "password.changed", user_id=user.id, revoked_sessions=str(revoked))
         return revoked
 
     def unlock_account(self, tenant: str, token: str) -> None:
         invalid = unauthenticated("TOKEN_INVALID", "The unlock token is not valid or has expired.")
         user_id, _, secret = token.partition(".")
-        if not secret or len(token) > 256 or not user_id.isalnum():
+        if not secret or len(token) > 256 or not (user_id.isascii() and user_id.isalnum()):
             raise invalid
         user = self._store.get_user(tenant, user_id)
         if (
@@ -315,4 +358,6 @@ class Accounts:
         )
         if unlocked is None:
             raise invalid  # redeemed concurrently: single use
+        # The owner vouched: end the account's failure budget and every per-source lock on its names.
+        self._throttle.forgive(tenant, (user.username, user.email))
         self._audit.record(tenant, "account.unlocked", user_id=user.id, via="mailed_token")

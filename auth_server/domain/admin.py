@@ -1,8 +1,10 @@
 """Tenant administration: list users, lock and unlock them, change roles.
 
-A tenant is never left without an admin by its own admins: an admin cannot lock themselves, and the
-last admin cannot be demoted (FAILED_PRECONDITION / LAST_ADMIN). Two admins demoting each other at the
-same instant could still race past the count; that needs a store transaction and is out of scope.
+A tenant is never left without a usable admin: an admin cannot lock themselves, and the last *active*
+(unlocked) admin can be neither locked nor demoted (FAILED_PRECONDITION / LAST_ADMIN). The count and
+the change it allows happen under a tenant-wide lease in the store (counters.lease), so two admins
+demoting each other at the same instant, through any replicas, cannot both succeed. The operator CLI
+goes through the same rule (`change_role`), and only its `--force` overrides it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from auth_server.domain.audit import Audit
+from auth_server.domain.counters import lease
 from auth_server.domain.errors import AuthError, Code, FieldViolation, validation_failed
 from auth_server.domain.sessions import Caller
 from auth_server.infra.clock import utcnow
@@ -43,7 +46,7 @@ def decode_page_token(token: str) -> str | None:
         value = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         value = ""
-    if not value or len(value) > 64 or not value.isalnum():
+    if not value or len(value) > 64 or not (value.isascii() and value.isalnum()):
         raise validation_failed([FieldViolation("page_token", "Not a page token from a previous response.")])
     return value
 
@@ -81,12 +84,22 @@ class Admin:
             page_token,
         )
 
+    def _keeps_an_admin(self, tenant: str, user: User) -> bool:
+        """Whether the tenant still has an active admin once `user` stops being one (call under the lease)."""
+        if user.role != "admin" or user.admin_locked:
+            return True
+        return self._store.count_users(tenant, "admin", unlocked_only=True) > 1
+
     def lock_user(self, caller: Caller, user_id: str, reason: str) -> int:
         user = self._target(caller, user_id)
         if user.id == caller.user.id:
             raise _last_admin("Admins cannot lock themselves; ask another admin.")
         now = utcnow()
-        self._store.update_user(caller.tenant, user.id, set={"admin_locked": True})
+        with lease(self._store, caller.tenant, "admins"):
+            user = self._target(caller, user_id)  # as it is now, under the lease
+            if not self._keeps_an_admin(caller.tenant, user):
+                raise _last_admin("This is the tenant's last active admin; promote another admin first.")
+            self._store.update_user(caller.tenant, user.id, set={"admin_locked": True})
         self._store.consume_challenges(caller.tenant, user.id, now)
         revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "locked_by_admin")
         self._audit.record(
@@ -115,15 +128,22 @@ class Admin:
         self._audit.record(caller.tenant, "account.unlocked", user_id=user.id, actor_user_id=caller.user.id)
 
     def set_role(self, caller: Caller, user_id: str, role: str) -> User:
+        return self.change_role(caller.tenant, self._target(caller, user_id).id, role, actor_user_id=caller.user.id)
+
+    def change_role(self, tenant: str, user_id: str, role: str, actor_user_id: str = "", force: bool = False) -> User:
+        """Set a user's role, refusing to demote the last active admin unless `force` (the operator's CLI)."""
         if role not in ROLES:
             raise validation_failed([FieldViolation("role", "One of ROLE_USER, ROLE_MANAGER, ROLE_ADMIN.")])
-        user = self._target(caller, user_id)
-        if user.role == "admin" and role != "admin" and self._store.count_users(caller.tenant, "admin") <= 1:
-            raise _last_admin("This is the tenant's last admin; promote another admin first.")
-        updated = self._store.update_user(caller.tenant, user.id, set={"role": role})
+        with lease(self._store, tenant, "admins"):
+            user = self._store.get_user(tenant, user_id)
+            if user is None:
+                raise _user_not_found()
+            if role != "admin" and not force and not self._keeps_an_admin(tenant, user):
+                raise _last_admin("This is the tenant's last active admin; promote another admin first.")
+            updated = self._store.update_user(tenant, user.id, set={"role": role})
         if updated is None:
             raise _user_not_found()
         self._audit.record(
-            caller.tenant, "role.changed", user_id=user.id, actor_user_id=caller.user.id, old=user.role, new=role
+            tenant, "role.changed", user_id=user.id, actor_user_id=actor_user_id, old=user.role, new=role
         )
         return updated

@@ -8,6 +8,7 @@ carry driver text, stack traces or secrets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -43,6 +44,7 @@ class AuthError(Exception):
         *,
         violations: tuple[FieldViolation, ...] = (),
         metadata: dict[str, str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -50,6 +52,10 @@ class AuthError(Exception):
         self.message = message
         self.violations = violations
         self.metadata = metadata or {}
+        # Whole seconds until a retry can succeed: google.rpc.RetryInfo on the wire, Retry-After over HTTP.
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.metadata.setdefault("retry_after_seconds", str(retry_after))
 
     def __repr__(self) -> str:
         return f"AuthError({self.code.value}, {self.reason})"
@@ -72,6 +78,7 @@ TOKEN_INVALID = ("TOKEN_INVALID", "The access token is not valid.")
 TOKEN_EXPIRED = ("TOKEN_EXPIRED", "The access token has expired; refresh it.")
 SESSION_NOT_FOUND = ("SESSION_NOT_FOUND", "The session of this token does not exist.")
 SESSION_REVOKED = ("SESSION_REVOKED", "Your session was revoked from another device; log in again.")
+SESSION_EXPIRED = ("SESSION_EXPIRED", "Your session has reached its maximum lifetime; log in again.")
 ACCOUNT_LOCKED = ("ACCOUNT_LOCKED", "This account is locked.")
 INVALID_CREDENTIALS = ("INVALID_CREDENTIALS", "The username/e-mail or password is incorrect.")
 
@@ -80,5 +87,10 @@ def store_unavailable() -> AuthError:
     return AuthError(Code.UNAVAILABLE, "STORE_UNAVAILABLE", "The service's store is unavailable; retry later.")
 
 
+def rate_limited(message: str, retry_after: float) -> AuthError:
+    """RESOURCE_EXHAUSTED / RATE_LIMITED with RetryInfo; the delay is rounded up to whole seconds (at least 1)."""
+    return AuthError(Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", message, retry_after=max(1, math.ceil(retry_after)))
+
+
 def server_busy() -> AuthError:
-    return AuthError(Code.RESOURCE_EXHAUSTED, "RATE_LIMITED", "Too many password checks in progress; retry shortly.")
+    return rate_limited("Too many password checks in progress; retry shortly.", 1)

@@ -1,9 +1,11 @@
 """Password hashing with bcrypt, bounded so hashing can never take the whole server.
 
 The gRPC server runs handlers on a thread pool; bcrypt releases the GIL, so hashes run in parallel on
-the cores. A semaphore caps concurrent hashes at the core count, and a cap on *waiting* hashers keeps
-at least half of the pool free for cheap calls during a login storm: past it, callers get
-RESOURCE_EXHAUSTED / RATE_LIMITED at once instead of queueing. Unknown users are checked against a
+the cores. A gate caps concurrent hashes at the core count, and a cap on *waiting* hashers keeps at
+least half of the pool free for cheap calls during a login storm: past it, callers get
+RESOURCE_EXHAUSTED / RATE_LIMITED at once instead of queueing. The gate is fair between sources: each
+source (client IP) may have only a few hashes waiting, and a freed slot goes to the sources in turn,
+so one client's flood cannot starve everyone else's logins. Unknown users are checked against a
 dummy hash so a login for a user who does not exist costs the same time as a wrong password.
 
 The hashes themselves run on a few threads of their own at a lower CPU priority (nice +10): the cores
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import bcrypt
 
@@ -23,6 +28,7 @@ from auth_server.domain.errors import server_busy
 
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it, and we never truncate silently
 HASH_NICENESS = 10  # added to the hashing threads' nice value (Linux: per thread)
+_T = TypeVar("_T")
 
 
 def _lower_priority() -> None:
@@ -33,42 +39,92 @@ def _lower_priority() -> None:
         pass
 
 
+class FairGate:
+    """Admission to `slots` hashing slots: free slots are taken at once; otherwise callers wait, each
+    source in its own queue, and a released slot goes to the source at the head of the rotation, which
+    then moves to its back (round robin). A source may have `per_source` callers waiting and all
+    sources together `max_waiting`; beyond either, `acquire` refuses at once.
+
+    Written here rather than taken from a library: the rate-limiting libraries limit rates per key,
+    none shares a fixed pool of slots fairly between keys, and this is that and nothing more.
+    """
+
+    def __init__(self, slots: int, max_waiting: int, per_source: int) -> None:
+        self._lock = threading.Lock()
+        self._free = slots
+        self._max_waiting = max_waiting
+        self._per_source = per_source
+        self._waiting = 0
+        self._queues: OrderedDict[str, deque[threading.Event]] = OrderedDict()  # the rotation
+
+    def acquire(self, source: str) -> bool:
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return True
+            queue = self._queues.get(source)
+            if self._waiting >= self._max_waiting or (queue is not None and len(queue) >= self._per_source):
+                return False
+            if queue is None:
+                queue = self._queues[source] = deque()
+            turn = threading.Event()
+            queue.append(turn)
+            self._waiting += 1
+        turn.wait()  # release() hands its slot over: nothing to take when woken
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._queues:
+                self._free += 1
+                return
+            source, queue = next(iter(self._queues.items()))
+            turn = queue.popleft()
+            self._waiting -= 1
+            if queue:
+                self._queues.move_to_end(source)
+            else:
+                del self._queues[source]
+        turn.set()
+
+
 class PasswordHasher:
     def __init__(self, rounds: int, concurrency: int, max_waiting: int) -> None:
         self._rounds = rounds
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._admission = threading.BoundedSemaphore(concurrency + max_waiting)
+        # A source may fill half the queue: plenty for one client alone (a proxy, a batch job), and
+        # the other half is always there for everyone else, whom the rotation then serves in turn.
+        self._gate = FairGate(concurrency, max_waiting, per_source=max(1, max_waiting // 2))
         # As many hashing threads as slots: a caller holding a slot never waits for a thread.
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bcrypt", initializer=_lower_priority)
         self._dummy: bytes | None = None
         self._dummy_lock = threading.Lock()
 
-    def _run(self, work):  # type: ignore[no-untyped-def]
-        if not self._admission.acquire(blocking=False):
+    def _run(self, work: Callable[[], _T], source: str) -> _T:
+        if not self._gate.acquire(source):
             raise server_busy()
         try:
-            with self._slots:
-                return self._pool.submit(work).result()
+            return self._pool.submit(work).result()
         finally:
-            self._admission.release()
+            self._gate.release()
 
-    def hash(self, password: str) -> bytes:
+    def hash(self, password: str, source: str = "") -> bytes:
         data = password.encode()
         if len(data) > MAX_PASSWORD_BYTES:
             raise ValueError("password longer than 72 bytes must be rejected by validation first")
-        return self._run(lambda: bcrypt.hashpw(data, bcrypt.gensalt(self._rounds)))
+        return self._run(lambda: bcrypt.hashpw(data, bcrypt.gensalt(self._rounds)), source)
 
-    def verify(self, password: str, hashed: bytes) -> bool:
+    def verify(self, password: str, hashed: bytes, source: str = "") -> bool:
+        """Whether the password matches; `source` (the client IP) is whom the fair gate queues it under."""
         data = password.encode()
         if len(data) > MAX_PASSWORD_BYTES:
             # No stored password is that long (validation refuses them); still spend the same time.
-            self.verify_dummy()
+            self.verify_dummy(source)
             return False
-        return self._run(lambda: bcrypt.checkpw(data, hashed))
+        return self._run(lambda: bcrypt.checkpw(data, hashed), source)
 
-    def verify_dummy(self) -> None:
+    def verify_dummy(self, source: str = "") -> None:
         """Spend the time of a real check against a hash of the configured cost."""
-        self._run(lambda: bcrypt.checkpw(b"not-the-password", self._dummy_hash()))
+        self._run(lambda: bcrypt.checkpw(b"not-the-password", self._dummy_hash()), source)
 
     def _dummy_hash(self) -> bytes:
         with self._dummy_lock:

@@ -1,5 +1,9 @@
 """Device sessions: opening one, authenticating a call by its access token, refresh rotation with reuse
 detection, listing and revoking. No gRPC and no database types here: only the Store protocol.
+
+A session lives until its refresh token expires (AUTH_REFRESH_TTL, sliding on each rotation) and never
+beyond AUTH_SESSION_MAX_LIFETIME after its login: then the calls and the refresh of its tokens answer
+SESSION_EXPIRED, and its owner logs in again.
 """
 
 from __future__ import annotations
@@ -65,6 +69,17 @@ class Sessions:
         self._access = access_tokens
         self._refresh = refresh_tokens
         self._activity_interval = timedelta(seconds=settings.activity_interval)
+        self._refresh_ttl = timedelta(seconds=settings.refresh_ttl)
+        self._max_lifetime = timedelta(seconds=settings.session_max_lifetime)
+
+    def _ends_at(self, session: Session) -> datetime:
+        """The absolute end of a session (AUTH_SESSION_MAX_LIFETIME after its login), however often it
+        was refreshed: a refresh token stolen and kept in use dies with it."""
+        return session.created_at + self._max_lifetime
+
+    def _refresh_expiry(self, session: Session, now: datetime) -> datetime:
+        # The refresh lifetime slides on each rotation, but never past the session's absolute end.
+        return min(now + self._refresh_ttl, self._ends_at(session))
 
     # --- authentication (the guard's per-call path: one JWT check, one store read, rarely a write)
 
@@ -75,7 +90,11 @@ class Sessions:
             raise unauthenticated(*errors.SESSION_NOT_FOUND)
         session, user = found
         now = utcnow()
-        if session.revoked_at is not None or session.expires_at <= now:
+        if session.revoked_at is not None:
+            raise unauthenticated(*errors.SESSION_REVOKED)
+        if now >= self._ends_at(session):  # before expires_at, which is capped to the same instant
+            raise unauthenticated(*errors.SESSION_EXPIRED)
+        if session.expires_at <= now:
             raise unauthenticated(*errors.SESSION_REVOKED)
         if user.is_locked(now):
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
@@ -98,7 +117,7 @@ class Sessions:
             user_agent=device.user_agent,
             created_at=now,
             last_activity=now,
-            expires_at=now + timedelta(seconds=self._settings.refresh_ttl),
+            expires_at=now + min(self._refresh_ttl, self._max_lifetime),
             refresh_nonce=nonce,
             refresh_generation=0,
             refresh_hash=self._keys.hash("refresh", refresh_token),
@@ -123,6 +142,8 @@ class Sessions:
         now = utcnow()
         if session.revoked_at is not None:
             raise unauthenticated(*errors.SESSION_REVOKED)
+        if now >= self._ends_at(session):
+            raise unauthenticated(*errors.SESSION_EXPIRED)
         if session.expires_at <= now:
             raise _refresh_invalid("The refresh token has expired; log in again.")
         user = self._store.get_user(tenant, session.user_id)
@@ -142,7 +163,7 @@ class Sessions:
                     "refresh_hash": self._keys.hash("refresh", new_token),
                     "rotated_at": now,
                     "last_activity": now,
-                    "expires_at": now + timedelta(seconds=self._settings.refresh_ttl),
+                    "expires_at": self._refresh_expiry(session, now),
                 },
                 expect={"refresh_generation": session.refresh_generation, "revoked_at": None},
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -31,6 +32,10 @@ from auth_server.domain.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthentica
 
 ACCESS_TYPE = "access"
 REFRESH_PREFIX = "rt1"
+# rt1.<session id: ASCII letters/digits>.<generation: ASCII digits, no leading zero>.<MAC: unpadded base64url>
+REFRESH_FORMAT = re.compile(
+    re.escape(REFRESH_PREFIX) + r"\.([0-9A-Za-z]{1,64})\.(0|[1-9][0-9]{0,8})\.([0-9A-Za-z_-]{1,64})"
+)
 LEEWAY_SECONDS = 10
 MAX_TOKEN_CHARS = 4096
 VERIFIED_CACHE_SIZE = 4096  # access tokens whose signature and claims were checked (see AccessTokens.verify)
@@ -187,15 +192,19 @@ class RefreshTokens:
 
     @staticmethod
     def parse(token: str) -> RefreshToken | None:
-        """The parts of a well-formed token, or None (an access JWT or garbage never parses)."""
+        """The parts of a well-formed token, or None (an access JWT or garbage never parses).
+
+        Only the exact form `mint` writes parses, in ASCII: str.isdigit()/isalnum() accept any Unicode
+        digit or letter ("²", "٣", a fullwidth "a"), on which int() raises or silently reads another
+        number. The generation has no leading zeros, so each genuine token has one spelling.
+        """
         if not token or len(token) > 512:
             return None
-        parts = token.split(".")
-        if len(parts) != 4 or parts[0] != REFRESH_PREFIX or not parts[2].isdigit() or len(parts[2]) > 9:
+        match = REFRESH_FORMAT.fullmatch(token)
+        if match is None:
             return None
-        if not parts[1].isalnum() or not parts[3]:
-            return None
-        return RefreshToken(session_id=parts[1], generation=int(parts[2]), mac=parts[3])
+        session_id, generation, mac = match.groups()
+        return RefreshToken(session_id=session_id, generation=int(generation), mac=mac)
 
     def genuine(self, tenant: str, token: RefreshToken, nonce: bytes) -> bool:
         expected = self._mac(tenant, token.session_id, token.generation, nonce)

@@ -11,7 +11,8 @@ otherwise sends the peer alone, so a browser cannot choose the IP its session re
 server must trust the bridge's address in turn; `auth-server serve` arranges that: runner.py.)
 
 Browser concerns live here too: a body limit (AUTH_MAX_MESSAGE_BYTES, 413), JSON only (415 for
-another content type, 400 for malformed JSON: never a 500), `Cache-Control: no-store` on every API
+another content type, 400 for malformed JSON: never a 500; the one exception is the unlock link's
+confirmation page and its form post, unlock_page.py), `Cache-Control: no-store` on every API
 answer, the refresh cookie (cookies.py), CORS for the AUTH_CORS_ORIGINS allow-list (Starlette's
 middleware; nothing is allowed by default), `GET /healthz` from grpc.health.v1, and the static
 demo page under `/demo` with a strict Content-Security-Policy.
@@ -35,12 +36,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_server.http import cookies
+from auth_server.http import cookies, unlock_page
 from auth_server.http.errors import HttpError, bad_request, from_rpc_error
 from auth_server.http.routes import Match, Route, RouteTable, derive_routes
 from auth_server.http.transcode import build_request, parse_json_object, response_json
 from auth_server.infra.config import Settings
-from auth_server.infra.proxies import TrustedProxies
+from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class BridgeApp:
         self._upstream = Upstream(upstream, STUB_MODULES)
         self._limit = settings.max_message_bytes
         self._cookie = settings.refresh_cookie
+        self._device_ttl = settings.device_token_ttl
         self._proxies = TrustedProxies(settings.trusted_proxies)
+        self._bridge_secret = settings.bridge_secret
         self._demo = _load_demo()
         for route in self.routes.routes:
             log.debug("route %s %s -> %s", route.http_method, route.template, route.rpc)
@@ -183,6 +186,8 @@ class BridgeApp:
             if path in self._demo:
                 content, media = self._demo[path]
                 return Response(content, media_type=media, headers=DEMO_HEADERS)
+            if path == unlock_page.PAGE_PATH:  # the e-mailed link: a page that redeems nothing
+                return unlock_page.confirmation_page(request.scope.get("query_string", b""))
         match, allowed = self.routes.find(method, path)
         if match is None:
             if allowed:
@@ -194,6 +199,8 @@ class BridgeApp:
                     headers={"Allow": ", ".join(allowed)},
                 )
             raise HttpError(404, "NOT_FOUND", "route_not_found", "No such route.")
+        if match.route.rpc in unlock_page.FORM_RPCS and unlock_page.is_form(request.headers.get("content-type", "")):
+            return await self._forward_form(request, match)
         return await self._forward(request, match)
 
     async def _forward(self, request: Request, match: Match) -> Response:
@@ -217,6 +224,14 @@ class BridgeApp:
                 self._require_json(request)  # a cross-site form cannot send this without a preflight
                 message.refresh_token = token
                 from_cookie = True
+        if (
+            self._cookie
+            and cookies.carries_token(route.request_type, cookies.DEVICE_FIELD)
+            and not message.device_token
+            and request.cookies.get(cookies.DEVICE_COOKIE)
+        ):
+            self._require_json(request)
+            message.device_token = request.cookies[cookies.DEVICE_COOKIE]
 
         try:
             reply = await self._upstream.call(route, message, self._metadata(request))
@@ -236,7 +251,32 @@ class BridgeApp:
                 data.pop(cookies.JSON_FIELD, None)
         elif self._cookie and cookies.ends_own_session(route.rpc, message, request.cookies.get(cookies.COOKIE_NAME)):
             headers["Set-Cookie"] = cookies.clear_cookie()
-        return _json(data, 200, headers)
+        device_cookie = None
+        if self._cookie and cookies.carries_token(route.response_type, cookies.DEVICE_FIELD) and reply.device_token:
+            device_cookie = cookies.set_device_cookie(reply.device_token, self._device_ttl)
+            if isinstance(data, dict):
+                data.pop(cookies.DEVICE_JSON_FIELD, None)
+        response = _json(data, 200, headers)
+        if device_cookie:
+            response.headers.append("Set-Cookie", device_cookie)  # a second one: a dict holds only one
+        return response
+
+    async def _forward_form(self, request: Request, match: Match) -> Response:
+        """A browser's form post (the unlock page's button): the form's fields make the request, and the
+        answer is an HTML page, errors included, because the browser displays whatever comes back."""
+        try:
+            fields = unlock_page.parse_form(await self._read_body(request))
+            query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            message = build_request(match.route, match.variables, query, fields)
+            await self._upstream.call(match.route, message, self._metadata(request))
+        except HttpError as error:
+            return unlock_page.result_page(error)
+        except grpc.aio.AioRpcError as error:
+            return unlock_page.result_page(from_rpc_error(error.code(), error.details(), error.trailing_metadata()))
+        except grpc.aio.UsageError:  # the channel is closing: the bridge is shutting down
+            closing = HttpError(503, "UNAVAILABLE", "unavailable", "The service is shutting down; retry.")
+            return unlock_page.result_page(closing)
+        return unlock_page.result_page(None)
 
     async def _read_body(self, request: Request) -> bytes:
         too_large = HttpError(
@@ -275,6 +315,8 @@ class BridgeApp:
         forwarded = self._forwarded_for(request)
         if forwarded:
             metadata.append(("x-forwarded-for", forwarded))
+            if self._bridge_secret:  # proves to the guard that this hop may be believed
+                metadata.append((BRIDGE_HEADER, self._bridge_secret))
         return metadata
 
     def _forwarded_for(self, request: Request) -> str:

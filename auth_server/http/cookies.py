@@ -12,7 +12,11 @@ Policy (AUTH_REFRESH_COOKIE, default on):
   without `keepCurrent`, `ChangePassword`, and `LogoutSession` of the cookie's own session, told by
   the session id inside the refresh token: a format check only, no verification: that stays with
   the service). So a page reloaded after "Log out" is not mistaken for one revoked elsewhere.
-- off: no cookie at all; `refreshToken` stays in the JSON body (non-browser clients).
+- The known-device token (VerifyOtp's `device_token`) gets the same treatment under the same policy:
+  a `device_token` cookie with the same attributes, living AUTH_DEVICE_TOKEN_TTL, left out of the
+  JSON, and sent back as LoginRequest.device_token when a login's body has none. It is not cleared on
+  logout: it says "this browser signed in before", which stays true (a password change voids it).
+- off: no cookie at all; `refreshToken` and `deviceToken` stay in the JSON body (non-browser clients).
 `Secure` is always set: browsers accept it over plain http only on localhost/127.0.0.1 (secure
 contexts), so a deployment serves the bridge over TLS (or behind a TLS proxy).
 """
@@ -32,6 +36,9 @@ COOKIE_NAME = "refresh_token"
 COOKIE_PATH = "/api/v1/auth"
 FIELD = "refresh_token"
 JSON_FIELD = "refreshToken"
+DEVICE_COOKIE = "device_token"
+DEVICE_FIELD = "device_token"
+DEVICE_JSON_FIELD = "deviceToken"
 
 # RPC -> does this request end the session of the refresh cookie `token` (so the cookie must go)?
 ENDS_OWN_SESSION: dict[str, Callable[[Any, str | None], bool]] = {
@@ -46,8 +53,8 @@ def _session_of(token: str | None) -> str | None:
     return parsed.session_id if parsed else None
 
 
-def carries_token(message_type: Descriptor) -> bool:
-    field = message_type.fields_by_name.get(FIELD)
+def carries_token(message_type: Descriptor, name: str = FIELD) -> bool:
+    field = message_type.fields_by_name.get(name)
     return field is not None and field.type == field.TYPE_STRING
 
 
@@ -64,6 +71,10 @@ def set_cookie(token: str, response: Message) -> str:
     ):
         max_age = max(0, response.refresh_token_expires_at.seconds - int(time.time()))
     return f"{COOKIE_NAME}={token}; {_attributes(max_age)}"
+
+
+def set_device_cookie(token: str, max_age: int) -> str:
+    return f"{DEVICE_COOKIE}={token}; {_attributes(max_age)}"
 
 
 def clear_cookie() -> str:

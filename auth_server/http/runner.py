@@ -4,22 +4,23 @@
 forwards to it over loopback, and stops both on SIGTERM (bridge first, so in-flight HTTP calls can
 still reach gRPC). `auth-server bridge --upstream HOST:PORT` runs a BridgeServer alone.
 uvicorn runs off the main thread, so it installs no signal handlers: the CLI owns signals. Its
-socket is bound here, before the thread starts, so a port in use fails start-up with a clear
-OSError, and port 0 works (the chosen port is known at once).
+socket is bound here, before the thread starts, so a port in use fails start-up with a one-line
+ConfigError (exit code 2), and port 0 works (the chosen port is known at once).
 
-Trust: the gRPC guard believes `x-forwarded-for` only from AUTH_TRUSTED_PROXIES. For the in-process
-bridge, `trust_local_bridge` adds the addresses the bridge connects from (127.0.0.1, ::1 and the
-gRPC listen IP when it is a literal one) to the gRPC server's settings only; the bridge itself keeps
-the operator's list for deciding whether to pass on an incoming X-Forwarded-For. A bridge on
-another machine must be listed in the gRPC server's AUTH_TRUSTED_PROXIES by the operator.
+Trust: the gRPC guard believes `x-forwarded-for` only from AUTH_TRUSTED_PROXIES, or from a bridge
+that sends the bridge secret (`with_bridge_secret`: AUTH_BRIDGE_SECRET, or one made at start-up
+that only this process and its workers know). Loopback is not trusted as such. The bridge itself
+keeps the operator's list for deciding whether to pass on an incoming X-Forwarded-For. A bridge on
+another machine needs AUTH_BRIDGE_SECRET set on both sides, or its address in AUTH_TRUSTED_PROXIES.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import math
+import os
+import secrets
 import socket
 import threading
 import time
@@ -27,9 +28,8 @@ import time
 import uvicorn
 
 from auth_server.http.app import create_app
-from auth_server.infra.config import Settings
+from auth_server.infra.config import ConfigError, Settings
 
-LOOPBACK = ("127.0.0.1/32", "::1/128")
 _ANY = ("", "0.0.0.0", "[::]", "::")  # noqa: S104 (recognising wildcard hosts, not binding)
 
 
@@ -50,34 +50,45 @@ def local_target(grpc_addr: str, port: int | None = None) -> str:
     return f"{host}:{port if port is not None else listen_port}"
 
 
-def trust_local_bridge(settings: Settings) -> Settings:
-    """The gRPC server's settings with the in-process bridge's source addresses trusted as a proxy."""
-    extra = list(LOOPBACK)
-    host = local_target(settings.grpc_addr).rpartition(":")[0].strip("[]")
-    try:
-        extra.append(str(ipaddress.ip_address(host)))
-    except ValueError:
-        pass  # a host name: loopback covers "localhost"
-    return dataclasses.replace(settings, trusted_proxies=tuple(dict.fromkeys([*settings.trusted_proxies, *extra])))
+def with_bridge_secret(settings: Settings) -> Settings:
+    """The settings with a bridge secret: AUTH_BRIDGE_SECRET, or a new one for this process.
+
+    The in-process bridge sends it with every call, and the guard believes the bridge's
+    x-forwarded-for because of it, not because the bridge connects from loopback: any process on
+    the host can connect from loopback.
+    """
+    if settings.bridge_secret:
+        return settings
+    return dataclasses.replace(settings, bridge_secret=secrets.token_urlsafe(32))
 
 
 def bind(addr: str) -> socket.socket:
-    """A listening TCP socket on HOST:PORT ([v6]:PORT too); OSError when the address cannot be had."""
+    """A listening TCP socket on HOST:PORT ([v6]:PORT too); ConfigError naming AUTH_HTTP_ADDR when the
+    address cannot be had."""
     host, port = _split(addr)
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        listener = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as error:
-        raise OSError(f"HTTP bridge cannot listen on {addr} (AUTH_HTTP_ADDR): {error.strerror or error}") from None
+        # A setting that cannot be used, like the gRPC address (api/server.py): one line, exit code 2.
+        why = os.strerror(error.errno) if error.errno else str(error)  # not create_server's long wording
+        raise ConfigError(f"AUTH_HTTP_ADDR: HTTP bridge cannot listen on {addr}: {why}") from None
+    # create_server makes the socket with proto 0, and accepted sockets inherit it; asyncio sets
+    # TCP_NODELAY on a connection only when its proto is IPPROTO_TCP. Without it uvicorn's separate
+    # header and body writes meet the client's delayed ACK: ~40 ms per request on a kept-alive
+    # connection (issue 15). The same descriptor, re-wrapped with the protocol stated.
+    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=listener.detach())
 
 
 class BridgeServer:
-    def __init__(self, settings: Settings, upstream: str) -> None:
+    def __init__(self, settings: Settings, upstream: str, listener: socket.socket | None = None) -> None:
+        """`listener`: a socket from `bind(settings.http_addr)` the caller made earlier (`serve` binds it
+        first, so a busy HTTP port fails before the gRPC server starts); by default bound here."""
         self.upstream = upstream
         self._grace = settings.shutdown_grace
         app = create_app(settings, upstream)  # RouteError here, before anything listens
-        self._socket = bind(settings.http_addr)
+        self._socket = listener or bind(settings.http_addr)
         host, self.port = self._socket.getsockname()[:2]
         self.host = f"[{host}]" if ":" in host else host
         # uvicorn's start/stop chatter only at DEBUG: the CLI prints the readiness line itself.

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auth_server.infra.private_files import FILE_MODE, make_private_dir, restrict
+
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_SECRET_BYTES = 32
 DEFAULT_STORE = "sqlite:///var/auth.db"
 JWT_ALGORITHMS = ("HS256", "ES256", "EdDSA")
+MAX_SESSION_LIFETIME = 100 * 365 * 86400  # "no practical limit", still far from datetime's range
 
 
 class ConfigError(Exception):
@@ -34,18 +37,26 @@ class Settings:
     jwt_secret: bytes = b""  # AUTH_JWT_SECRET (>= 32 bytes); SQLite dev default: generated file
     smtp_url: str | None = None  # AUTH_SMTP_URL: smtp://, smtp+starttls://, smtps://; unset: console
     mail_from: str = "auth@localhost"  # AUTH_MAIL_FROM
-    public_url: str = "http://127.0.0.1:8080"  # AUTH_PUBLIC_URL: base of links in e-mails
+    public_url: str = "http://127.0.0.1:8080"  # AUTH_PUBLIC_URL: base of links in e-mails; default: the bridge's
     default_tenant: str = "default"  # AUTH_DEFAULT_TENANT
     tenants: frozenset[str] = frozenset({"default"})  # AUTH_TENANTS
     bcrypt_rounds: int = 12  # AUTH_BCRYPT_ROUNDS
     access_ttl: int = 900  # AUTH_ACCESS_TTL seconds
     refresh_ttl: int = 7 * 86400  # AUTH_REFRESH_TTL seconds
+    # AUTH_SESSION_MAX_LIFETIME seconds from login after which a session ends however often it was
+    # refreshed (a stolen refresh token kept in use cannot live for ever); may be below the refresh TTL.
+    session_max_lifetime: int = 30 * 86400
     otp_ttl: int = 300  # AUTH_OTP_TTL seconds
     otp_max_attempts: int = 5  # AUTH_OTP_MAX_ATTEMPTS per challenge
     otp_resend_interval: int = 30  # AUTH_OTP_RESEND_INTERVAL seconds; 0 disables
     lockout_threshold: int = 5  # AUTH_LOCKOUT_THRESHOLD consecutive failed logins
     lockout_duration: int = 900  # AUTH_LOCKOUT_DURATION seconds of the first lockout; doubles each time
     unlock_ttl: int = 86400  # AUTH_UNLOCK_TTL seconds an e-mailed unlock token lives
+    source_login_rate: int = 30  # AUTH_SOURCE_LOGIN_RATE password checks per minute per source IP; 0: off
+    account_failure_limit: int = 20  # AUTH_ACCOUNT_FAILURE_LIMIT failed passwords+codes per window per account
+    failure_window: int = 3600  # AUTH_FAILURE_WINDOW seconds of the account failure budget
+    device_token_ttl: int = 365 * 86400  # AUTH_DEVICE_TOKEN_TTL seconds a known-device token lives
+    bridge_secret: str = ""  # AUTH_BRIDGE_SECRET: a bridge sending it is a trusted proxy; serve makes one
     refresh_grace: int = 0  # AUTH_REFRESH_GRACE seconds; 0: strict rotation
     activity_interval: int = 60  # AUTH_ACTIVITY_INTERVAL: least seconds between last-activity writes
     trusted_proxies: tuple[str, ...] = ()  # AUTH_TRUSTED_PROXIES: IPs/CIDRs allowed to set x-forwarded-for
@@ -67,19 +78,28 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    # ASCII digits only: int() also reads "٣٠٠", "3_00" and "³" (the last one raising), which no
+    # operator means to write.
+    if not re.fullmatch(r"\s*-?[0-9]+\s*", raw, flags=re.ASCII):
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bridge_secret(env: Mapping[str, str]) -> str:
+    value = env.get("AUTH_BRIDGE_SECRET", "")
+    if value and (len(value) < MIN_SECRET_BYTES or not value.isascii() or not value.isprintable()):
+        raise ConfigError(f"AUTH_BRIDGE_SECRET: must be at least {MIN_SECRET_BYTES} printable ASCII characters")
     return value
 
 
 def check_addr(name: str, value: str) -> str:
     """Accept host:port, [v6]:port; reject anything else with a clear message."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # isascii(): str.isdigit() is true for "²", on which int() raises (a traceback, not this message).
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
     if host.startswith("[") != host.endswith("]"):
         raise ConfigError(f"{name}: malformed IPv6 address in {value!r}")
@@ -99,6 +119,17 @@ def check_store_uri(value: str) -> str:
     else:
         raise ConfigError(f"AUTH_STORE: unknown scheme {parts.scheme!r} (use sqlite:/// or mongodb://)")
     return value
+
+
+def bridge_url(http_addr: str) -> str:
+    """The bridge's base URL on this machine, the default AUTH_PUBLIC_URL: unlock links in e-mails must
+    reach the bridge where it listens (a wildcard address is reached on loopback)."""
+    host, _, port = http_addr.rpartition(":")
+    if host in ("", "0.0.0.0"):  # noqa: S104 (recognising a wildcard, not binding)
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f"http://{host}:{port}"
 
 
 def redact_uri(uri: str) -> str:
@@ -183,13 +214,17 @@ def _jwt_secret(env: Mapping[str, str], store_uri: str) -> tuple[bytes, str | No
 
 
 def load_dev_secret(path: str) -> bytes:
-    """Read (or create, mode 0600) the generated development secret."""
+    """Read (or create, mode 0600 whatever the umask, in a directory made 0700) the generated development
+    secret; one an older version left readable to others is tightened."""
     file = Path(path)
     if not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        make_private_dir(file.parent)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # os.open's mode is filtered by the umask
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(48))
+    else:
+        restrict(file)
     secret = file.read_text().strip().encode()
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(f"{path}: generated secret is shorter than {MIN_SECRET_BYTES} bytes; delete it")
@@ -235,29 +270,36 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         raise ConfigError("AUTH_JWT_PRIVATE_KEY_FILE: required with ES256/EdDSA, and only with them")
     if key_file and not Path(key_file).is_file():
         raise ConfigError(f"AUTH_JWT_PRIVATE_KEY_FILE: no such file {key_file!r}")
+    http_addr = check_addr("AUTH_HTTP_ADDR", env.get("AUTH_HTTP_ADDR") or "127.0.0.1:8080")
     return Settings(
         jwt_algorithm=algorithm,
         jwt_private_key_file=key_file,
         jwt_key_id=env.get("AUTH_JWT_KEY_ID") or None,
         grpc_addr=check_addr("AUTH_GRPC_ADDR", env.get("AUTH_GRPC_ADDR") or "127.0.0.1:50051"),
-        http_addr=check_addr("AUTH_HTTP_ADDR", env.get("AUTH_HTTP_ADDR") or "127.0.0.1:8080"),
+        http_addr=http_addr,
         store_uri=store_uri,
         jwt_secret=secret,
         dev_secret_file=secret_file,
         smtp_url=check_smtp_url(smtp_url) if smtp_url else None,
         mail_from=env.get("AUTH_MAIL_FROM") or "auth@localhost",
-        public_url=(env.get("AUTH_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/"),
+        public_url=(env.get("AUTH_PUBLIC_URL") or bridge_url(http_addr)).rstrip("/"),
         default_tenant=default_tenant,
         tenants=tenants,
         bcrypt_rounds=_int(env, "AUTH_BCRYPT_ROUNDS", 12, 4, 31),
         access_ttl=_int(env, "AUTH_ACCESS_TTL", 900, 10, 86400),
         refresh_ttl=_int(env, "AUTH_REFRESH_TTL", 7 * 86400, 60, 365 * 86400),
+        session_max_lifetime=_int(env, "AUTH_SESSION_MAX_LIFETIME", 30 * 86400, 60, MAX_SESSION_LIFETIME),
         otp_ttl=_int(env, "AUTH_OTP_TTL", 300, 10, 3600),
         otp_max_attempts=_int(env, "AUTH_OTP_MAX_ATTEMPTS", 5, 1, 100),
         otp_resend_interval=_int(env, "AUTH_OTP_RESEND_INTERVAL", 30, 0, 3600),
         lockout_threshold=_int(env, "AUTH_LOCKOUT_THRESHOLD", 5, 1, 1000),
         lockout_duration=_int(env, "AUTH_LOCKOUT_DURATION", 900, 1, 86400),
         unlock_ttl=_int(env, "AUTH_UNLOCK_TTL", 86400, 60, 30 * 86400),
+        source_login_rate=_int(env, "AUTH_SOURCE_LOGIN_RATE", 30, 0, 1_000_000),
+        bridge_secret=_bridge_secret(env),
+        account_failure_limit=_int(env, "AUTH_ACCOUNT_FAILURE_LIMIT", 20, 1, 1_000_000),
+        failure_window=_int(env, "AUTH_FAILURE_WINDOW", 3600, 10, 30 * 86400),
+        device_token_ttl=_int(env, "AUTH_DEVICE_TOKEN_TTL", 365 * 86400, 60, 5 * 365 * 86400),
         refresh_grace=_int(env, "AUTH_REFRESH_GRACE", 0, 0, 3600),
         activity_interval=_int(env, "AUTH_ACTIVITY_INTERVAL", 60, 0, 86400),
         trusted_proxies=proxies,

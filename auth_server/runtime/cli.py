@@ -10,12 +10,14 @@ Configuration errors and an unreachable store end the process with a one-line me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
 
-from auth_server.infra.config import ConfigError, Settings, check_addr, load_settings, redact_uri
+from auth_server.infra.config import ConfigError, Settings, bridge_url, check_addr, load_settings, redact_uri
 from auth_server.runtime import logs
+from auth_server.runtime.banner import serving_banner
 from auth_server.store.base import StoreUnavailable
 
 EXIT_CONFIG = 2
@@ -23,7 +25,7 @@ EXIT_UNAVAILABLE = 1
 
 
 def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # isdigit() alone accepts "²"
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
     return int(value)
 
@@ -48,35 +50,64 @@ def _parser() -> argparse.ArgumentParser:
     set_role.add_argument("role", choices=["user", "manager", "admin"])
     set_role.add_argument("--tenant", help="tenant id (default: AUTH_DEFAULT_TENANT)")
     set_role.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    set_role.add_argument("--force", action="store_true", help="demote even the tenant's last active admin")
     return parser
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (Ctrl-C), installed before the ready lines are printed: whoever
+    reads them may signal at once."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
+
+
+def warm_up_in_background() -> None:
+    """Build the user-agent parser (~0.2-0.4 s of CPU) off the request path, so the first sign-in after
+    a start does not wait for it (auth_server/domain/devices.py)."""
+    from auth_server.domain import devices
+
+    threading.Thread(target=devices.warm_up, name="warm-up", daemon=True).start()
+
+
+def _public_url_from(settings: Settings, http_port: int) -> Settings:
+    """AUTH_PUBLIC_URL, when not set, is where the bridge really listens: with AUTH_HTTP_ADDR's port 0
+    that port is known only once bound (unlock links in e-mails must reach it)."""
+    if settings.public_url != bridge_url(settings.http_addr):
+        return settings  # the operator's own URL
+    host = settings.http_addr.rpartition(":")[0]
+    return dataclasses.replace(settings, public_url=bridge_url(f"{host}:{http_port}"))
 
 
 def serve(settings: Settings) -> int:
     # grpc and the bridge are imported only for the commands that need them
     from auth_server.api.server import create_server
-    from auth_server.http.runner import BridgeServer, local_target, trust_local_bridge
+    from auth_server.http.runner import BridgeServer, bind, local_target, with_bridge_secret
 
     logs.configure(settings.log_level)
-    app = create_server(trust_local_bridge(settings))
-    host = settings.grpc_addr.rpartition(":")[0]
-    print(f"auth-server: gRPC listening on {host}:{app.port} (store: {redact_uri(settings.store_uri)})", flush=True)
+    settings = with_bridge_secret(settings)  # the bridge proves itself to the guard with it
+    # The HTTP port first: a busy one fails start-up before the gRPC server (and its logging) starts.
+    listener = bind(settings.http_addr)
+    try:
+        settings = _public_url_from(settings, listener.getsockname()[1])
+        app = create_server(settings)
+    except BaseException:
+        listener.close()
+        raise
     if settings.metrics_addr:
         app.metrics.serve(settings.metrics_addr)
-        print(f"auth-server: metrics on http://{settings.metrics_addr}/metrics", flush=True)
     try:
-        bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port)).start()
+        bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port), listener).start()
     except BaseException:
+        listener.close()
         app.stop(0)
         raise
-    print(f"auth-server: HTTP bridge listening on {bridge.url}", flush=True)
-    _wait_for_signal()
+    warm_up_in_background()
+    stop = _stop_on_signal()
+    host = settings.grpc_addr.rpartition(":")[0]
+    print(serving_banner(settings, f"{host}:{app.port}", bridge.url), flush=True)
+    stop.wait()
     print("auth-server: shutting down (finishing in-flight calls)", flush=True)
     bridge.stop()
     app.stop(settings.shutdown_grace)
@@ -90,33 +121,54 @@ def bridge(settings: Settings, upstream: str | None) -> int:
     logs.configure(settings.log_level)
     upstream = check_addr("--upstream", upstream) if upstream else local_target(settings.grpc_addr)
     server = BridgeServer(settings, upstream).start()
+    stop = _stop_on_signal()
     print(f"auth-server: HTTP bridge listening on {server.url} (upstream {upstream})", flush=True)
-    _wait_for_signal()
+    stop.wait()
     print("auth-server: shutting down", flush=True)
     server.stop()
     print("auth-server: stopped", flush=True)
     return 0
 
 
-def set_role(settings: Settings, username: str, role: str, tenant: str | None) -> int:
+def set_role(settings: Settings, username: str, role: str, tenant: str | None, force: bool = False) -> int:
+    from auth_server.domain.admin import Admin
+    from auth_server.domain.audit import Audit
+    from auth_server.domain.errors import AuthError
     from auth_server.domain.validation import normalise_username
+    from auth_server.infra.config import sqlite_path
     from auth_server.store import open_store
 
     tenant = tenant or settings.default_tenant
     if tenant not in settings.tenants:
         raise ConfigError(f"--tenant: unknown tenant {tenant!r} (AUTH_TENANTS is {','.join(sorted(settings.tenants))})")
+    where = redact_uri(settings.store_uri)
+    path = sqlite_path(settings.store_uri)
+    if path is not None:
+        where = str(path.resolve())
+        if not path.is_file():  # opening it would create an empty database and find nobody in it
+            print(
+                f"auth-server: no database at {where}: run this where `auth-server serve` runs, "
+                "or name the store with --store / AUTH_STORE",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     store = open_store(settings.store_uri)
     store.open()
     try:
         store.prepare_tenant(tenant)
         user = store.find_user(tenant, normalise_username(username))
         if user is None:
-            print(f"auth-server: no user {username!r} in tenant {tenant!r}", file=sys.stderr)
+            print(f"auth-server: no user {username!r} in tenant {tenant!r} of {where}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        store.update_user(tenant, user.id, set={"role": role})
+        try:
+            Admin(store, Audit(store)).change_role(tenant, user.id, role, force=force)
+        except AuthError as error:
+            hint = " (--force overrides)" if error.reason == "LAST_ADMIN" else ""
+            print(f"auth-server: {error.reason}: {error.message}{hint}", file=sys.stderr)
+            return EXIT_CONFIG
     finally:
         store.close()
-    print(f"auth-server: {user.username} is now {role} in tenant {tenant}")
+    print(f"auth-server: {user.username} is now {role} in tenant {tenant} of {where}")
     return 0
 
 
@@ -125,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "user":
             settings = load_settings(store=args.store)
-            return set_role(settings, args.username, args.role, args.tenant)
+            return set_role(settings, args.username, args.role, args.tenant, args.force)
         if args.command == "bridge":
             return bridge(load_settings(http_addr=args.http_addr), args.upstream)
         settings = load_settings(

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 from auth_server.infra.config import ConfigError, Settings, load_dev_secret, load_settings
+from auth_server.runtime.banner import serving_banner
 from auth_server.store.base import StoreUnavailable
 
 READY_FD_ENV = "AUTH_WORKER_READY_FD"
@@ -105,29 +106,29 @@ class Supervisor:
         return _Worker(index, proc, time.monotonic())
 
     def run(self) -> int:
-        from auth_server.http.runner import BridgeServer, local_target
+        from auth_server.http.runner import BridgeServer, local_target, with_bridge_secret
 
-        settings = self._settings
+        settings = self._settings = with_bridge_secret(self._settings)
         if not settings.jwt_secret:
             load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")  # created once, here
         reservation, addr = _reserve(settings.grpc_addr)
         # The workers read their settings from the environment, as the parent did, plus what it resolved.
-        self._env = {**os.environ, "AUTH_GRPC_ADDR": addr, "AUTH_STORE": settings.store_uri}
+        self._env = {
+            **os.environ,
+            "AUTH_GRPC_ADDR": addr,
+            "AUTH_STORE": settings.store_uri,
+            "AUTH_BRIDGE_SECRET": settings.bridge_secret,  # so the workers believe the parent's bridge
+        }
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop.set())
         bridge = None
         try:
             for index in range(self._count):
                 self._workers.append(self._spawn(index))
-            host = addr.rpartition(":")[0]
-            _say(
-                f"gRPC listening on {host}:{addr.rpartition(':')[2]} "
-                f"(store: {settings.store_uri}; {self._count} worker processes, SO_REUSEPORT)"
-            )
             if settings.metrics_addr:  # one registry per worker, and they cannot share one port
                 print("auth-server: AUTH_METRICS_ADDR is not served with --workers > 1", file=sys.stderr, flush=True)
             bridge = BridgeServer(settings, local_target(addr)).start()
-            _say(f"HTTP bridge listening on {bridge.url}")
+            print(serving_banner(settings, addr, bridge.url, workers=self._count), flush=True)
             code = self._supervise()
         except SystemExit as exit_:
             code = int(exit_.code or 0)
@@ -181,7 +182,7 @@ def serve_workers(settings: Settings, count: int) -> int:
 def _worker_main() -> int:
     """One worker: the gRPC server alone (no bridge), on the shared port, until SIGTERM/SIGINT."""
     from auth_server.api.server import create_server
-    from auth_server.http.runner import trust_local_bridge
+    from auth_server.domain import devices
     from auth_server.runtime import logs
 
     stop = threading.Event()
@@ -190,13 +191,14 @@ def _worker_main() -> int:
     try:
         settings = load_settings()
         logs.configure(settings.log_level)
-        app = create_server(trust_local_bridge(settings), reuse_port=True)  # the parent's bridge is local
+        app = create_server(settings, reuse_port=True)  # AUTH_BRIDGE_SECRET: the parent gave its bridge's
     except ConfigError as error:
         print(f"auth-server: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except (StoreUnavailable, OSError, RuntimeError) as error:  # grpc raises RuntimeError for a busy port
         print(f"auth-server: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    threading.Thread(target=devices.warm_up, name="warm-up", daemon=True).start()  # off the first sign-in
     ready_fd = int(os.environ[READY_FD_ENV])
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)

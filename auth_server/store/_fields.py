@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from auth_server.store.base import AuditEvent, LoginChallenge, Session, User
+from auth_server.store.base import AuditEvent, Counter, LoginChallenge, Session, User
 
 # The kinds a field can hold; each adapter maps them to its own storage types.
 KINDS: dict[type, str] = {str: "str", int: "int", bool: "bool", bytes: "bytes", datetime: "datetime"}
@@ -46,6 +46,7 @@ USER = _spec(User)
 SESSION = _spec(Session)
 CHALLENGE = _spec(LoginChallenge)
 EVENT = _spec(AuditEvent)
+COUNTER = _spec(Counter)
 
 
 def _check_value(spec: RecordSpec, name: str, value: Any) -> None:

@@ -89,6 +89,24 @@ class LoginChallenge:
 
 
 @dataclass(frozen=True, slots=True)
+class Counter:
+    """A named counter the domain throttles and coordinates with (domain/throttle.py owns the keys).
+
+    The store only keeps it; every change is a compare-and-swap on `version`
+    (`update_counter(..., expect={"version": v})`), so the domain's rules run atomically on every
+    adapter and across replicas without the store knowing them.
+    """
+
+    id: str  # the key, e.g. "pair:<identifier digest>:<ip>"
+    version: int  # incremented by every write
+    count: int = 0
+    window_start: datetime | None = None  # when the current counting window began
+    blocked_until: datetime | None = None  # refused until then (a lock episode, a lease)
+    level: int = 0  # escalation: how many lock episodes so far
+    expires_at: datetime | None = None  # after it the counter means nothing and may be deleted
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     id: str  # time-ordered, so newest-first paging is by id
     type: str  # "login.failed", "session.revoked", ...
@@ -146,7 +164,8 @@ class Store(Protocol):
         A limit of 0 or less gives an empty list (MongoDB would read 0 as "no limit").
         """
 
-    def count_users(self, tenant: str, role: str) -> int: ...
+    def count_users(self, tenant: str, role: str, *, unlocked_only: bool = False) -> int:
+        """Users with this role; with `unlocked_only`, only those no admin has locked."""
 
     def update_user(
         self,
@@ -204,6 +223,25 @@ class Store(Protocol):
 
     def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
         """Mark every open challenge of the user consumed (a newer login supersedes them)."""
+
+    # counters (throttles, leases): see Counter
+    def create_counter(self, tenant: str, counter: Counter) -> None:
+        """Insert; DuplicateKey("id") when a counter with that key exists."""
+
+    def get_counter(self, tenant: str, counter_id: str) -> Counter | None: ...
+
+    def update_counter(
+        self,
+        tenant: str,
+        counter_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Counter | None: ...
+
+    def delete_counters(self, tenant: str, prefix: str) -> int:
+        """Delete every counter whose key starts with `prefix` (not empty); return how many."""
 
     # audit trail (append-only)
     def record_event(self, tenant: str, event: AuditEvent) -> None: ...

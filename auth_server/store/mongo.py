@@ -34,8 +34,25 @@ from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
-from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+from auth_server.store._fields import (
+    CHALLENGE,
+    COUNTER,
+    EVENT,
+    SESSION,
+    USER,
+    RecordSpec,
+    check_record,
+    check_update,
+)
+from auth_server.store.base import (
+    AuditEvent,
+    Counter,
+    DuplicateKey,
+    LoginChallenge,
+    Session,
+    StoreUnavailable,
+    User,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +62,19 @@ _DEFAULT_PREFIX = "auth_"
 _MAX_DB_NAME = 63  # bytes; MongoDB refuses longer database names
 _MAX_PREFIX = 30  # leaves room for a recognisable piece of the tenant id beside its hash
 # Fail fast when the server is away (a login should not hang), but let a slow query finish.
-_CLIENT_DEFAULTS = {"serverSelectionTimeoutMS": 2000, "connectTimeoutMS": 2000, "socketTimeoutMS": 5000}
+# Concerns stated rather than inherited from the deployment's defaults, which an operator may have
+# lowered: a write (a revocation, a rotation) is acknowledged only once a majority of the replica set
+# has it, so a failover cannot roll it back; a write that meets a failover is retried once by the
+# driver on the new primary; and reads go to the primary, so a session check never reads a secondary
+# that has not yet seen a revocation. Any of them written in the URI wins (see MongoStore).
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 2000,
+    "connectTimeoutMS": 2000,
+    "socketTimeoutMS": 5000,
+    "w": "majority",
+    "retryWrites": True,
+    "readPreference": "primary",
+}
 # Expired sessions and challenges stay a day before cleanup, so a late caller still gets "expired"
 # rather than "not found" and an operator can see what happened.
 _TTL_GRACE_S = 86400
@@ -128,6 +157,7 @@ class _Tenant:
     sessions: Collection[dict[str, Any]]
     challenges: Collection[dict[str, Any]]
     events: Collection[dict[str, Any]]
+    counters: Collection[dict[str, Any]]
     prepared: bool = False
 
 
@@ -207,7 +237,9 @@ class MongoStore:
             handles = self._tenants.get(tenant)
             if handles is None:
                 db = self._client[self.database_for(tenant)]
-                handles = _Tenant(db["users"], db["sessions"], db["login_challenges"], db["audit_events"])
+                handles = _Tenant(
+                    db["users"], db["sessions"], db["login_challenges"], db["audit_events"], db["counters"]
+                )
                 self._tenants[tenant] = handles
         if not handles.prepared:
             # Outside the lock: index creation is a network round trip and other tenants must not
@@ -270,8 +302,11 @@ class MongoStore:
         return [_record(USER, doc) for doc in cursor]
 
     @_unavailable_on_connection_failure
-    def count_users(self, tenant: str, role: str) -> int:
-        return self._tenant(tenant).users.count_documents({"role": role})
+    def count_users(self, tenant: str, role: str, *, unlocked_only: bool = False) -> int:
+        query: dict[str, Any] = {"role": role}
+        if unlocked_only:
+            query["admin_locked"] = {"$ne": True}
+        return self._tenant(tenant).users.count_documents(query)
 
     @_unavailable_on_connection_failure
     def update_user(
@@ -367,6 +402,41 @@ class MongoStore:
             result = challenges.update_many({"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}})
         return result.modified_count
 
+    # -- counters --------------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def create_counter(self, tenant: str, counter: Counter) -> None:
+        check_record(COUNTER, counter)
+        try:
+            with self._writing():
+                self._tenant(tenant).counters.insert_one(_document(COUNTER, counter))
+        except DuplicateKeyError:
+            raise DuplicateKey("id") from None
+
+    @_unavailable_on_connection_failure
+    def get_counter(self, tenant: str, counter_id: str) -> Counter | None:
+        return _record(COUNTER, self._tenant(tenant).counters.find_one({"_id": counter_id}))
+
+    @_unavailable_on_connection_failure
+    def update_counter(
+        self,
+        tenant: str,
+        counter_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Counter | None:
+        return self._update(self._tenant(tenant).counters, COUNTER, counter_id, set, inc, expect)
+
+    @_unavailable_on_connection_failure
+    def delete_counters(self, tenant: str, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_counters needs a non-empty prefix")
+        with self._writing():
+            result = self._tenant(tenant).counters.delete_many({"_id": {"$regex": "^" + re.escape(prefix)}})
+        return result.deleted_count
+
     # -- audit trail -----------------------------------------------------------------------------
 
     @_unavailable_on_connection_failure
@@ -393,7 +463,7 @@ def _create_indexes(handles: _Tenant) -> None:
     handles.sessions.create_index("user_id", name="user_id")
     handles.challenges.create_index("user_id", name="user_id")
     handles.events.create_index([("user_id", ASCENDING), ("_id", DESCENDING)], name="user_id_newest")
-    for collection in (handles.sessions, handles.challenges):
+    for collection in (handles.sessions, handles.challenges, handles.counters):
         try:
             collection.create_index("expires_at", name="expires_at_ttl", expireAfterSeconds=_TTL_GRACE_S)
         except OperationFailure as exc:

@@ -5,12 +5,18 @@ and every statement filters on it. The file runs in WAL mode so readers never wa
 grpcio's sync server calls from a pool of threads, so each thread gets its own connection, in
 autocommit mode: every method is a single statement, and a conditional update is one
 `UPDATE ... WHERE <expectations> RETURNING ...`, atomic under SQLite's single-writer lock.
+Writers of one process take turns on a lock of their own before they ask SQLite for its write lock:
+SQLite's busy handler retries by sleeping (up to 100 ms a try), so 30 threads contending for the
+write lock left unlucky ones starving past the busy timeout ("database is locked", issue 15), while
+a queue in front of it hands the lock on as soon as it is free. The busy timeout still covers other
+processes on the same file (`--workers`, replicas).
 
 Datetimes are stored as integer milliseconds since the epoch (UTC), bytes as BLOBs, bools as 0/1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -21,13 +27,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from auth_server.infra.clock import utcnow
-from auth_server.store._fields import CHALLENGE, EVENT, SESSION, USER, RecordSpec, check_record, check_update
-from auth_server.store.base import AuditEvent, DuplicateKey, LoginChallenge, Session, StoreUnavailable, User
+from auth_server.infra.private_files import create_private_file, make_private_dir, restrict
+from auth_server.store._fields import (
+    CHALLENGE,
+    COUNTER,
+    EVENT,
+    SESSION,
+    USER,
+    RecordSpec,
+    check_record,
+    check_update,
+)
+from auth_server.store.base import (
+    AuditEvent,
+    Counter,
+    DuplicateKey,
+    LoginChallenge,
+    Session,
+    StoreUnavailable,
+    User,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "bytes": "BLOB", "datetime": "INTEGER"}
-# Seconds a writer waits for the write lock before the call fails as unavailable.
+# Seconds a writer waits for the write lock before the call fails as unavailable (once for its turn
+# among this process's writers, once for SQLite's own lock against other processes).
 _BUSY_TIMEOUT_S = 5.0
 # Primary result codes meaning "the database cannot be used right now" rather than a bug in a query:
 # BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
@@ -97,7 +122,8 @@ _USERS = _Table("users", USER)
 _SESSIONS = _Table("sessions", SESSION)
 _CHALLENGES = _Table("login_challenges", CHALLENGE)
 _EVENTS = _Table("audit_events", EVENT)
-_TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS)
+_COUNTERS = _Table("counters", COUNTER)
+_TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS, _COUNTERS)
 
 _HEARTBEAT = "CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
 _SCHEMA = (
@@ -138,6 +164,7 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer of this process at a time (module docstring)
         # Connections of live threads, so close() can close them all; a thread's connection is
         # closed by garbage collection when the thread ends, hence weak references.
         self._connections: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
@@ -153,9 +180,14 @@ class SqliteStore:
 
     def open(self) -> None:
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+            # Owner-only whatever the umask (password hashes, e-mails, phones): SQLite then gives the
+            # -wal and -shm it creates the database file's mode; older ones are tightened here.
+            make_private_dir(os.path.dirname(os.path.abspath(self._path)))
+            create_private_file(self._path)
+            for suffix in ("-wal", "-shm", "-journal"):
+                restrict(self._path + suffix)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create the directory of {self._path}: {exc.strerror}") from exc
+            raise StoreUnavailable(f"cannot create {self._path} or its directory: {exc.strerror}") from exc
         with self._lock:
             self._open = True
         self.ping()
@@ -185,6 +217,8 @@ class SqliteStore:
             if not self._open:
                 raise StoreUnavailable("the SQLite store is closed")
             generation = self._generation
+        with contextlib.suppress(OSError):  # a file deleted since open() is re-created private, not 0644
+            create_private_file(self._path)
         conn = sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,  # sets SQLite's busy_timeout
@@ -234,6 +268,10 @@ class SqliteStore:
 
     def _execute(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], int]:
         """Run one statement; return its rows and rowcount, or raise StoreUnavailable."""
+        # Every read this adapter makes is a SELECT; anything else writes and waits for its turn.
+        write = not sql.startswith("SELECT")
+        if write and not self._write_lock.acquire(timeout=self._busy_timeout):
+            raise StoreUnavailable(f"SQLite database {self._path}: no turn to write within {self._busy_timeout:g} s")
         try:
             cursor = self._connection().execute(sql, params)
             # fetchall() steps the statement to its end, which ends its implicit transaction; a
@@ -246,6 +284,9 @@ class SqliteStore:
             # The connection may be wedged (file gone, disk replaced): the next call starts afresh.
             self._drop_connection()
             raise StoreUnavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
+        finally:
+            if write:
+                self._write_lock.release()
 
     # -- shared statement builders -------------------------------------------------------------
 
@@ -325,8 +366,9 @@ class SqliteStore:
         )
         return [_USERS.decode(row) for row in rows]
 
-    def count_users(self, tenant: str, role: str) -> int:
-        rows, _ = self._execute("SELECT count(*) FROM users WHERE tenant = ? AND role = ?", (tenant, role))
+    def count_users(self, tenant: str, role: str, *, unlocked_only: bool = False) -> int:
+        sql = "SELECT count(*) FROM users WHERE tenant = ? AND role = ? AND (admin_locked = 0 OR ? = 0)"
+        rows, _ = self._execute(sql, (tenant, role, int(unlocked_only)))
         return int(rows[0][0])
 
     def update_user(
@@ -411,6 +453,37 @@ class SqliteStore:
         _, count = self._execute(
             "UPDATE login_challenges SET consumed_at = ? WHERE tenant = ? AND user_id = ? AND consumed_at IS NULL",
             (_encode("datetime", now), tenant, user_id),
+        )
+        return count
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def create_counter(self, tenant: str, counter: Counter) -> None:
+        try:
+            self._insert(_COUNTERS, tenant, counter)
+        except sqlite3.IntegrityError:
+            raise DuplicateKey("id") from None
+
+    def get_counter(self, tenant: str, counter_id: str) -> Counter | None:
+        return self._get(_COUNTERS, tenant, counter_id)
+
+    def update_counter(
+        self,
+        tenant: str,
+        counter_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> Counter | None:
+        return self._update(_COUNTERS, tenant, counter_id, set, inc, expect)
+
+    def delete_counters(self, tenant: str, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_counters needs a non-empty prefix")
+        # substr() rather than LIKE: a prefix may hold "%" or "_", which LIKE would read as wildcards.
+        _, count = self._execute(
+            "DELETE FROM counters WHERE tenant = ? AND substr(id, 1, ?) = ?", (tenant, len(prefix), prefix)
         )
         return count
 

@@ -1,9 +1,9 @@
-"""The `auth-server` process as operators run it: grpcurl through reflection, health, start-up errors,
-graceful SIGTERM, and the README's grpcurl walkthrough with mail going through a real SMTP server."""
+"""The `auth-server` process as operators run it: grpcurl through reflection, health, start-up errors
+(bad settings, a busy port), graceful SIGTERM, metrics and logs. The README's walkthroughs run as
+written in test_readme.py."""
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -55,45 +55,6 @@ def _error(result: subprocess.CompletedProcess[str]) -> dict:
     status = json.loads(result.stdout or result.stderr)
     info = next(d for d in status.get("details", []) if d["@type"].endswith("google.rpc.ErrorInfo"))
     return {"code": status["code"], "reason": info["reason"]}
-
-
-def test_readme_walkthrough_with_grpcurl(env: dict[str, str], smtp: SmtpSink) -> None:
-    """signup -> login -> code from mail -> verify -> JWT holds only session claims -> GetMe ->
-    ListSessions -> LogoutSession -> the same token now fails with SESSION_REVOKED."""
-    with running(env) as server:
-        auth = "auth.v1.AuthService/"
-        signup = grpcurl(
-            server.addr,
-            auth + "Signup",
-            {"username": "jane", "email": "jane@example.com", "password": "correct horse battery"},
-        )
-        assert signup.returncode == 0, signup.stdout + signup.stderr
-        assert json.loads(signup.stdout)["user"]["role"] == "ROLE_USER"
-        login = json.loads(
-            grpcurl(
-                server.addr, auth + "Login", {"usernameOrEmail": "jane", "password": "correct horse battery"}
-            ).stdout
-        )
-        code = smtp.last_code("jane@example.com")
-        verified = grpcurl(
-            server.addr,
-            auth + "VerifyOtp",
-            {"loginId": login["login_id"], "otp": code},
-            headers={"x-device-name": "Operator laptop"},
-        )
-        tokens = json.loads(verified.stdout)
-        payload = tokens["access_token"].split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        assert set(claims) == {"session_id", "type", "iat", "exp", "jti"} and claims["type"] == "access"
-        bearer = {"authorization": f"Bearer {tokens['access_token']}"}
-        me = json.loads(grpcurl(server.addr, auth + "GetMe", headers=bearer).stdout)
-        assert me["user"]["username"] == "jane" and me["session_id"] == tokens["session_id"]
-        sessions = json.loads(grpcurl(server.addr, auth + "ListSessions", headers=bearer).stdout)["sessions"]
-        assert [(s["device_name"], s["is_current"]) for s in sessions] == [("Operator laptop", True)]
-        out = grpcurl(server.addr, auth + "LogoutSession", {"sessionId": tokens["session_id"]}, headers=bearer)
-        assert out.returncode == 0, out.stdout + out.stderr
-        after = _error(grpcurl(server.addr, auth + "GetMe", headers=bearer))
-        assert after == {"code": 16, "reason": "SESSION_REVOKED"}
 
 
 def test_sigterm_exits_zero_and_keeps_data(env: dict[str, str]) -> None:
@@ -150,6 +111,84 @@ def test_bad_configuration_is_one_clear_line(
     assert needle in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("mail", ["console", "smtp"])
+def test_serve_prints_one_banner_and_ctrl_c_stops_it(env: dict[str, str], smtp: SmtpSink, mail: str) -> None:
+    """What a newcomer reads once `scripts/serve` is up: where gRPC and HTTP listen, the /demo page, where the
+    login codes appear, and how to stop; then Ctrl-C (SIGINT) stops the server cleanly."""
+    import signal
+
+    server = ServerProcess({**env, "AUTH_SMTP_URL": smtp.url if mail == "smtp" else ""}).start()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(30) == 0
+    printed = [line.rstrip("\n") for line in server.output if not line.startswith("{")]  # not the JSON logs
+    start = printed.index("auth-server: serving")
+    grpc_line, http_line, demo_line, codes_line, stop_line = printed[start + 1 : start + 6]
+    assert grpc_line.startswith(f"  gRPC listening on {server.addr} (store: sqlite:///")
+    assert http_line == f"  HTTP bridge listening on {server.http_url}"
+    assert demo_line == f"  demo page:   {server.http_url}/demo"
+    if mail == "smtp":
+        assert codes_line == f"  login codes: e-mailed through {smtp.url}"
+    else:
+        assert codes_line.startswith("  login codes: printed in this terminal, marked DEV MAIL")
+    assert stop_line == "  stop:        Ctrl-C (in-flight calls finish first)"
+    assert printed.count("auth-server: serving") == 1 and printed[start + 6 :] == [
+        "auth-server: shutting down (finishing in-flight calls)",
+        "auth-server: stopped",
+    ]
+
+
+def test_unlock_link_reaches_the_bridge_where_it_listens(env: dict[str, str], smtp: SmtpSink) -> None:
+    """AUTH_PUBLIC_URL unset and the bridge on a port picked at start (AUTH_HTTP_ADDR port 0): the link in
+    the lockout mail still points at the bridge, which answers it."""
+    import re
+
+    import httpx
+
+    overrides = {
+        "AUTH_HTTP_ADDR": "127.0.0.1:0",
+        "AUTH_PUBLIC_URL": "",
+        # The unlock mail goes out at the first failed password.
+        "AUTH_LOCKOUT_THRESHOLD": "1",
+        "AUTH_ACCOUNT_FAILURE_LIMIT": "1",
+    }
+    with running({**env, **overrides}) as server:
+        assert not server.http_url.endswith(":0")
+        with httpx.Client(base_url=server.http_url, timeout=30) as http:
+            account = {"username": "locked", "email": "locked@example.com", "password": "correct horse battery"}
+            assert http.post("/api/v1/auth/signup", json=account).status_code == 200
+            wrong = http.post("/api/v1/auth/login", json={"usernameOrEmail": "locked", "password": "not it at all"})
+            assert wrong.status_code == 401
+        (link,) = re.findall(r"https?://\S+", smtp.wait_for("locked@example.com").body)
+        assert link.startswith(f"{server.http_url}/api/v1/auth/unlock?token=")
+        opened = httpx.get(link, timeout=30)  # as the mail's reader clicks it: the bridge answers
+        assert opened.status_code == 200 and "unlock" in opened.text.lower()
+
+
+def test_grpc_port_in_use_is_one_clear_line(env: dict[str, str]) -> None:
+    """Another program holds the gRPC port: one line naming AUTH_GRPC_ADDR, exit code 2, no traceback and
+    no grpc C-core log line."""
+    import os
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [str(AUTH_SERVER), "serve"],
+            env={**os.environ, **env, "AUTH_GRPC_ADDR": addr, "AUTH_HTTP_ADDR": f"127.0.0.1:{free_port()}"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"auth-server: configuration error: AUTH_GRPC_ADDR: gRPC server cannot listen on {addr}: Address already in use"
+    ]
+    assert "Traceback" not in result.stdout
 
 
 def test_sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones(env: dict[str, str], smtp: SmtpSink) -> None:

@@ -11,7 +11,6 @@ import pytest
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
 from auth_server.infra.clock import utcnow
 from tests.integration.conftest import PASSWORD, Client, md
-from tests.support.mail import UNLOCK_IN_MAIL
 from tests.support.rpc import fails
 
 
@@ -272,43 +271,6 @@ def test_change_password_revokes_every_session(client: Client) -> None:
         "INVALID_CREDENTIALS"
     )
     assert client.sign_in("pat", password="a brand new secret").access_token
-
-
-def test_lockout_unlock_mail_and_single_use_token(make_client) -> None:
-    client = make_client(AUTH_LOCKOUT_THRESHOLD="3")
-    client.signup("locky")
-    session = client.sign_in("locky")
-    for _ in range(3):
-        fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="locky", password="wrong password"))
-    failure = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="locky", password=PASSWORD))
-    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ACCOUNT_LOCKED")
-    assert fails(client.auth.GetMe, auth_pb2.GetMeRequest(), metadata=md(session.access_token)).reason in (
-        "SESSION_REVOKED",
-        "ACCOUNT_LOCKED",
-    )
-    mail = next(m for m in client.smtp.to("locky@example.com") if "locked" in m.subject)
-    token = UNLOCK_IN_MAIL.search(mail.body).group(1)
-    client.auth.UnlockAccount(auth_pb2.UnlockAccountRequest(token=token))
-    assert fails(client.auth.UnlockAccount, auth_pb2.UnlockAccountRequest(token=token)).reason == "TOKEN_INVALID"
-    assert client.sign_in("locky").access_token
-    assert client.store.find_user("default", "locky").failed_logins == 0
-
-
-def test_parallel_wrong_passwords_are_all_counted(make_client) -> None:
-    client = make_client(AUTH_LOCKOUT_THRESHOLD="100")
-    client.signup("target")
-    barrier = threading.Barrier(8)
-
-    def guess() -> None:
-        barrier.wait()
-        fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="target", password="wrong password"))
-
-    threads = [threading.Thread(target=guess) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert client.store.find_user("default", "target").failed_logins == 8
 
 
 def test_admin_lists_locks_unlocks_and_sets_roles(client: Client) -> None:

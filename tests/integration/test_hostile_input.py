@@ -153,13 +153,16 @@ def test_oversized_metadata_and_messages_are_refused(client: Client) -> None:
 
 def test_long_passwords_are_refused_by_a_stated_rule_never_truncated(client: Client) -> None:
     """NIST SP 800-63B: no silent truncation. 64 characters (64 bytes) fit bcrypt; 64 emoji (256 bytes) do not."""
-    ascii64 = "Ab3$" * 16
+    # Strong enough for the guessability rule (zxcvbn); "Ab3$" repeated no longer is.
+    near = "Tr0ub4dor&3 plus correct horse battery staple, and a purple dishwasher!!"
+    ascii64 = near[:64]
+    assert len(ascii64.encode()) == 64 and len(near.encode()) == 72
     client.auth.Signup(auth_pb2.SignupRequest(username="long", email="long@example.com", password=ascii64))
     emoji = fails(
         client.auth.Signup, auth_pb2.SignupRequest(username="emo", email="emo@example.com", password="😀" * 64)
     )
     assert (emoji.reason, emoji.fields) == ("VALIDATION_FAILED", ("password",))
-    near = "Ab3$" * 18  # exactly 72 bytes: accepted, and one more character is a different password
+    # near: exactly 72 bytes: accepted, and one more character is a different password
     client.auth.Signup(auth_pb2.SignupRequest(username="edge", email="edge@example.com", password=near))
     wrong = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="edge", password=near + "x"))
     assert wrong.reason == "INVALID_CREDENTIALS"

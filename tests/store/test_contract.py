@@ -21,7 +21,7 @@ import pytest
 from pymongo import MongoClient
 
 from auth_server.store import DuplicateKey, Store, StoreUnavailable, open_store
-from auth_server.store.base import replace
+from auth_server.store.base import Counter, replace
 from auth_server.store.mongo import MongoStore
 from auth_server.store.sqlite import SqliteStore
 from tests.support.ferretdb import free_port
@@ -526,3 +526,39 @@ def test_audit_events_newest_first_paged_and_filtered(store: Store, tenant: str,
     assert [e.id for e in rest] == ids[::-1][3:]
     assert {e.user_id for e in store.list_events(tenant, None, 10, user_id="u1")} == {"u1"}
     assert store.list_events(other_tenant, None, 10) == []
+
+
+def test_count_users_can_leave_out_admin_locked_ones(store: Store, tenant: str) -> None:
+    for locked in (False, True, False):
+        store.create_user(tenant, replace(new_user(role="admin"), admin_locked=locked))
+    assert store.count_users(tenant, "admin") == 3
+    assert store.count_users(tenant, "admin", unlocked_only=True) == 2
+
+
+def test_counters_round_trip_compare_and_swap_and_refuse_duplicates(store: Store, tenant: str) -> None:
+    now = utcnow()
+    counter = Counter(id="pair:abc:203.0.113.7", version=1, count=2, window_start=now, expires_at=now)
+    store.create_counter(tenant, counter)
+    assert store.get_counter(tenant, counter.id) == counter
+    with pytest.raises(DuplicateKey):
+        store.create_counter(tenant, replace(counter, count=9))
+    swapped = store.update_counter(tenant, counter.id, set={"count": 3}, inc={"version": 1}, expect={"version": 1})
+    assert (swapped.count, swapped.version) == (3, 2)
+    assert store.update_counter(tenant, counter.id, set={"count": 4}, inc={"version": 1}, expect={"version": 1}) is None
+    assert store.get_counter(tenant, counter.id).count == 3
+    assert store.get_counter(tenant, "pair:missing") is None
+
+
+def test_delete_counters_by_literal_prefix(store: Store, tenant: str, other_tenant: str) -> None:
+    # Prefixes hold characters that SQL LIKE and regular expressions would read as wildcards.
+    keys = ["acct:a.b", "acct:a.b%", "acct:axb", "pair:a_b:1", "pair:a_b:2", "pair:aXb:1"]
+    for key in keys:
+        store.create_counter(tenant, Counter(id=key, version=1))
+    store.create_counter(other_tenant, Counter(id="pair:a_b:1", version=1))
+    assert store.delete_counters(tenant, "pair:a_b:") == 2
+    assert store.delete_counters(tenant, "acct:a.b") == 2
+    remaining = [k for k in keys if store.get_counter(tenant, k) is not None]
+    assert remaining == ["acct:axb", "pair:aXb:1"]
+    assert store.get_counter(other_tenant, "pair:a_b:1") is not None
+    with pytest.raises(ValueError, match="prefix"):
+        store.delete_counters(tenant, "")

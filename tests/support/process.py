@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -32,6 +33,7 @@ def tool(name: str) -> str:
     pytest.skip(message)
 
 
+T = TypeVar("T")
 GRPC_READY = "gRPC listening"
 HTTP_READY = "HTTP bridge listening on "
 
@@ -54,6 +56,8 @@ class ServerProcess:
         self.output: list[str] = []
         self._waiting_for = {HTTP_READY} if args[:1] == ("bridge",) else {GRPC_READY, HTTP_READY}
         self._ready = threading.Event()
+        self._output_changed = threading.Condition()
+        self._ended = False
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
@@ -74,7 +78,9 @@ class ServerProcess:
     def _pump(self) -> None:
         assert self.proc and self.proc.stdout
         for line in self.proc.stdout:
-            self.output.append(line)
+            with self._output_changed:
+                self.output.append(line)
+                self._output_changed.notify_all()
             for marker in list(self._waiting_for):
                 if marker in line:
                     self._waiting_for.discard(marker)
@@ -83,6 +89,25 @@ class ServerProcess:
             if not self._waiting_for:
                 self._ready.set()
         self._ready.set()  # the process ended: wake whoever waits
+        with self._output_changed:
+            self._ended = True
+            self._output_changed.notify_all()
+
+    def wait_for_output(self, find: Callable[[str], T | None], what: str, timeout: float = 15.0) -> T:
+        """What `find` returns for the console output so far, once it returns something; waits for more
+        output as the process prints it (e.g. a DEV MAIL), fails if the process ends or stays silent."""
+        with self._output_changed:
+            found = None
+
+            def answer() -> bool:
+                nonlocal found
+                found = find("".join(self.output))
+                return found is not None or self._ended
+
+            self._output_changed.wait_for(answer, timeout)
+            if found is None:
+                raise AssertionError(f"auth-server never printed {what}; its console:\n" + "".join(self.output))
+            return found
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:

@@ -18,11 +18,12 @@ class Failure:
     message: str
     metadata: dict[str, str]
     fields: tuple[str, ...]  # BadRequest field violations
+    retry_after: float | None = None  # google.rpc.RetryInfo's delay in seconds, when sent
 
 
 def failure(error: grpc.RpcError) -> Failure:
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, metadata, fields = "", {}, ()
+    reason, metadata, fields, retry_after = "", {}, (), None
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -32,7 +33,11 @@ def failure(error: grpc.RpcError) -> Failure:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             fields = tuple(v.field for v in bad.field_violations)
-    return Failure(error.code(), reason, error.details() or "", metadata, fields)  # type: ignore[attr-defined]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return Failure(error.code(), reason, error.details() or "", metadata, fields, retry_after)  # type: ignore[attr-defined]
 
 
 def fails(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Failure:

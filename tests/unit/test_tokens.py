@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from auth_server.domain.errors import AuthError
@@ -79,3 +79,39 @@ def test_refresh_parse_never_crashes(garbage: str) -> None:
 def test_an_access_token_never_parses_as_a_refresh_token() -> None:
     token, _ = tokens().issue("s1", utcnow())
     assert RefreshTokens.parse(token) is None
+
+
+# Pieces a refresh token is made of, and look-alikes: str.isdigit()/isalnum() accept every character of
+# categories Nd/No/Nl/L*, and int() reads some of them ("٣" is 3) and raises on others ("²").
+_LOOKALIKES = st.characters(categories=("Nd", "No", "Nl", "Lu", "Ll", "Lo"))
+_PIECES = st.one_of(
+    st.sampled_from(["rt1", "0", "1", "42", "007", "abc", "AbC123", "x", "-_", ""]),
+    st.text(alphabet=_LOOKALIKES, min_size=1, max_size=4),
+    st.text(max_size=8),
+)
+
+
+@given(st.lists(_PIECES, min_size=1, max_size=6).map(".".join))
+@example("rt1.abc.².x")
+@example("rt1.abc.٣.x")
+@example("rt1.ａｂｃ.0.x")
+@example("rt1.abc.00.x")
+@example("rt1.abc.1.x\n")
+def test_refresh_parse_takes_only_the_ascii_form_mint_writes(token: str) -> None:
+    """Never raises; whatever parses is ASCII and spelled exactly as `mint` would spell its parts."""
+    parsed = RefreshTokens.parse(token)
+    if parsed is not None:
+        assert token.isascii()
+        assert token == f"rt1.{parsed.session_id}.{parsed.generation}.{parsed.mac}"
+        assert 0 <= parsed.generation < 10**9
+
+
+def test_refresh_parse_refuses_unicode_digits_and_letters() -> None:
+    mac = RefreshTokens(KEYS.refresh).mint("default", "abc123", 7, b"n").rsplit(".", 1)[1]
+    assert RefreshTokens.parse(f"rt1.abc123.7.{mac}") is not None
+    for generation in ("²", "٣", "①", "٠", "07", "-1", "+1", " 7", "1_0", "1234567890"):
+        assert RefreshTokens.parse(f"rt1.abc123.{generation}.{mac}") is None, generation
+    for session_id in ("ａｂｃ", "abç", "ab-c", "a" * 65, ""):
+        assert RefreshTokens.parse(f"rt1.{session_id}.7.{mac}") is None, session_id
+    for bad_mac in ("", "é", "a.b", "a=", "a" * 65):
+        assert RefreshTokens.parse(f"rt1.abc123.7.{bad_mac}") is None, bad_mac

@@ -37,16 +37,34 @@ def test_password_rule(password: str) -> None:
         assert [v.field for v in violations] == ["password"]
 
 
+STRONG_72 = "Tr0ub4dor&3 plus correct horse battery staple, and a purple dishwasher!!"
+EMOJI_17 = "🍎🚲🎻🦉🌵🧲🎈🪁🦀🍄🛶🧭🎲🪐🦋🍋🚀"  # 17 different emoji, 4 UTF-8 bytes each
+
+
 def test_password_edges() -> None:
-    assert not validation.check_password("a" * 9 + "b", "p")
-    assert validation.check_password("a" * 9, "p")
+    assert not validation.check_password("Xq7#mZ2vL9", "p")  # 10 characters
+    assert validation.check_password("Xq7#mZ2vL", "p")
     assert validation.check_password("x" * 72, "p")  # one repeated character
-    assert not validation.check_password("ab" * 36, "p")  # exactly 72 bytes
-    assert validation.check_password("ab" * 36 + "c", "p")  # 73 bytes: refused, never truncated
-    assert validation.check_password("😀" * 18 + "ab", "p")  # 74 bytes
-    assert not validation.check_password("😀" * 17 + "ab", "p")  # 70 bytes, 19 characters
+    assert len(STRONG_72.encode()) == 72 and not validation.check_password(STRONG_72, "p")  # exactly 72 bytes
+    assert validation.check_password(STRONG_72 + "c", "p")  # 73 bytes: refused, never truncated
+    assert validation.check_password(EMOJI_17 + "🌶ab", "p")  # 74 bytes
+    assert not validation.check_password(EMOJI_17 + "ab", "p")  # 70 bytes, 19 characters
     assert validation.check_password("nul\x00inside-pw", "p")
     assert validation.check_password("JANE@EXAMPLE.COM", "p", username="jane", email="jane@example.com")
+
+
+def test_guessable_passwords_are_refused() -> None:
+    """Issue 11 row 10: `password123` was accepted. Common passwords, patterns and the user's own names
+    are refused by zxcvbn's estimate; the suites' own passphrase passes."""
+    for weak in ("password123", "qwertyuiop", "iloveyou12", "Password123!", "1234567890", "abababababab"):
+        (violation,) = validation.check_password(weak, "password")
+        assert violation.field == "password" and "harder to guess" in violation.description, weak
+    (own,) = validation.check_password("zorgblatt2024", "new_password", username="zorgblatt", email="z@example.com")
+    assert own.field == "new_password"
+    assert not validation.check_password("zorgblatt2024", "password", username="jane", email="jane@example.com")
+    assert not validation.check_password("correct horse battery", "password", username="jane", email="j@example.com")
+    # Only the first MAX_ESTIMATED_CHARS are estimated (bounded cost): a guessable start is refused.
+    assert validation.check_password("password" * 4 + "Xq7#mZ2vL9 correct horse", "password")
 
 
 def test_mask_and_devices() -> None:

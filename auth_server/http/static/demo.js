@@ -2,6 +2,9 @@
 // The access token is kept in this variable only (never in storage); the refresh token is an HttpOnly
 // cookie the bridge sets, so this script never sees it. Every answer of the bridge is JSON; errors are
 // {"error": {"code", "status", "reason", "message"}} with the reason in lower case.
+// An error is shown inside the form that caused it (its .form-error), not at the top of the page; the
+// top line is for confirmations. Passwords and codes are wiped from the forms as soon as they are used
+// and whenever the page shows the signed-out forms again.
 'use strict';
 
 const API = '/api/v1/auth';
@@ -58,13 +61,37 @@ function say(text, isError = false) {
   $('status').classList.toggle('error', isError);
 }
 
-function explain(error) {
+// Where a failed action's error goes: the .form-error of its form (or of the device list).
+const ERROR_SLOTS = ['signup-error', 'login-error', 'code-error', 'devices-error'];
+
+function clearError(slot) {
+  $(slot).textContent = '';
+  $(slot).hidden = true;
+}
+
+function explain(error, slot) {
   const fields = (error.fields || []).map((f) => `${f.field}: ${f.description}`).join('; ');
-  say(fields ? `${error.message} (${fields})` : error.message, true);
+  const text = fields ? `${error.message} (${fields})` : error.message;
+  const target = slot && !$(slot).parentElement.closest('[hidden]') ? $(slot) : null;
+  if (target === null) {  // nothing of that form on screen: the top line is the only place left
+    say(text, true);
+    return;
+  }
+  say('');  // an older confirmation at the top would contradict the error
+  target.textContent = text;
+  target.hidden = false;
+  target.scrollIntoView({ block: 'nearest' });
+}
+
+// Passwords and codes never stay in a form once used, nor when the signed-out forms come back.
+function clearSecrets() {
+  for (const id of ['signup-password', 'login-password', 'code']) $(id).value = '';
 }
 
 function showSignedOut() {
   accessToken = null;
+  clearSecrets();
+  ERROR_SLOTS.forEach(clearError);
   $('signed-in').hidden = true;
   $('signed-out').hidden = false;
   $('code-form').hidden = loginId === null;
@@ -128,11 +155,12 @@ async function showDevices() {
     $('signed-out').hidden = true;
     $('signed-in').hidden = false;
   } catch (error) {
-    if (error.reason !== 'session_revoked') explain(error);
+    if (error.reason !== 'session_revoked') explain(error, 'devices-error');
   }
 }
 
 async function revokeSession(id, isCurrent) {
+  clearError('devices-error');
   try {
     const data = await call('DELETE', '/sessions/' + encodeURIComponent(id));
     say(data.message);
@@ -142,33 +170,35 @@ async function revokeSession(id, isCurrent) {
       await showDevices();
     }
   } catch (error) {
-    if (error.reason !== 'session_revoked') explain(error);
+    if (error.reason !== 'session_revoked') explain(error, 'devices-error');
   }
 }
 
-function onSubmit(id, handler) {
+function onSubmit(id, slot, handler) {
   $(id).addEventListener('submit', async (event) => {
     event.preventDefault();
+    clearError(slot);
     try {
       await handler();
     } catch (error) {
-      if (error.reason !== 'session_revoked') explain(error);
+      if (error.reason !== 'session_revoked') explain(error, slot);
     }
   });
 }
 
-onSubmit('signup-form', async () => {
+onSubmit('signup-form', 'signup-error', async () => {
   const data = await call(
     'POST',
     '/signup',
     { username: $('signup-username').value, email: $('signup-email').value, password: $('signup-password').value },
     { auth: false },
   );
+  $('signup-form').reset();  // the account exists: its password has no business staying on screen
   say(`Account created for ${data.user.username}. Log in now.`);
   $('login-user').value = data.user.username;
 });
 
-onSubmit('login-form', async () => {
+onSubmit('login-form', 'login-error', async () => {
   const data = await call(
     'POST',
     '/login',
@@ -176,35 +206,43 @@ onSubmit('login-form', async () => {
     { auth: false },
   );
   loginId = data.loginId;
+  $('login-password').value = '';  // used: the code is the next step
+  $('code').value = '';
+  clearError('code-error');
   $('code-hint').textContent = `We e-mailed a 6-digit code to ${data.deliveryHint}.`;
   $('code-form').hidden = false;
   $('code').focus();
   say(data.message);
 });
 
-onSubmit('code-form', async () => {
+onSubmit('code-form', 'code-error', async () => {
   const body = { loginId, otp: $('code').value.trim() };
   const deviceName = $('device-name').value.trim();
   if (deviceName) body.deviceName = deviceName;
   const data = await call('POST', '/login/verify', body, { auth: false });
   accessToken = data.accessToken;
   loginId = null;
-  $('code').value = '';
+  clearSecrets();
+  $('code-form').reset();
   $('code-form').hidden = true;
   $('notice').hidden = true;
   say(data.message);
   await showDevices();
 });
 
-$('refresh-devices').addEventListener('click', () => showDevices());
+$('refresh-devices').addEventListener('click', () => {
+  clearError('devices-error');
+  return showDevices();
+});
 
 $('logout-all').addEventListener('click', async () => {
+  clearError('devices-error');
   try {
     const data = await call('POST', '/logout/all', { keepCurrent: false });
     showSignedOut();
     say(`${data.message} (${data.revokedCount}).`);
   } catch (error) {
-    if (error.reason !== 'session_revoked') explain(error);
+    if (error.reason !== 'session_revoked') explain(error, 'devices-error');
   }
 });
 

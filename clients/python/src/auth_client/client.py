@@ -260,8 +260,13 @@ class AuthClient(_ClientBase):
         request = auth_pb2.SignupRequest(username=username, email=email, password=password, name=name, phone=phone)
         return self.call(RPCS["signup"], request, options)
 
-    def login(self, username_or_email: str, password: str, **options: Unpack[CallOptions]) -> auth_pb2.LoginResponse:
-        request = auth_pb2.LoginRequest(username_or_email=username_or_email, password=password)
+    def login(
+        self, username_or_email: str, password: str, device_token: str = "", **options: Unpack[CallOptions]
+    ) -> auth_pb2.LoginResponse:
+        """`device_token`: what an earlier verify_otp returned on this device (lets it past a spent failure budget)."""
+        request = auth_pb2.LoginRequest(
+            username_or_email=username_or_email, password=password, device_token=device_token
+        )
         return self.call(RPCS["login"], request, options)
 
     def verify_otp(
@@ -403,9 +408,11 @@ class AsyncAuthClient(_ClientBase):
         return await self.call(RPCS["signup"], request, options)
 
     async def login(
-        self, username_or_email: str, password: str, **options: Unpack[CallOptions]
+        self, username_or_email: str, password: str, device_token: str = "", **options: Unpack[CallOptions]
     ) -> auth_pb2.LoginResponse:
-        request = auth_pb2.LoginRequest(username_or_email=username_or_email, password=password)
+        request = auth_pb2.LoginRequest(
+            username_or_email=username_or_email, password=password, device_token=device_token
+        )
         return await self.call(RPCS["login"], request, options)
 
     async def verify_otp(

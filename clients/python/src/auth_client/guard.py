@@ -22,10 +22,12 @@ This module owns the decision for each call:
   token) for `cache_ttl` seconds (DEFAULT_CACHE_TTL = 5 s). That TTL is the revocation delay: a token
   revoked, expired, locked out or whose role changed on the auth service keeps its cached answer here
   for at most `cache_ttl` seconds. `cache_ttl=0` turns caching off (every call introspects).
-- Answers: no token -> UNAUTHENTICATED / TOKEN_MISSING; malformed or inactive token -> UNAUTHENTICATED /
-  TOKEN_INVALID; wrong role -> PERMISSION_DENIED / INSUFFICIENT_ROLE; a bad tenant -> the auth service's
-  own INVALID_ARGUMENT / NOT_FOUND answer; auth service unreachable or failing -> UNAVAILABLE /
-  AUTH_SERVICE_UNAVAILABLE (never a pass). All with google.rpc.ErrorInfo, domain "auth.v1".
+- Answers: no token -> UNAUTHENTICATED / TOKEN_MISSING; a token that is not even shaped like one ->
+  UNAUTHENTICATED / TOKEN_INVALID; an inactive token -> UNAUTHENTICATED with the auth service's reason
+  (TOKEN_INVALID, TOKEN_EXPIRED, SESSION_REVOKED, ACCOUNT_LOCKED); wrong role -> PERMISSION_DENIED /
+  INSUFFICIENT_ROLE; a bad tenant -> the auth service's own INVALID_ARGUMENT / NOT_FOUND answer; auth
+  service unreachable or failing -> UNAVAILABLE / AUTH_SERVICE_UNAVAILABLE (never a pass). All with
+  google.rpc.ErrorInfo, domain "auth.v1".
 - Identity: handlers of protected methods read the caller with `current_identity()` (a ContextVar set
   for the duration of the call, so concurrent calls never see each other's caller).
 

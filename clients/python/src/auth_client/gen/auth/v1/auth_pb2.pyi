@@ -72,12 +72,14 @@ class SignupResponse(_message.Message):
     def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class LoginRequest(_message.Message):
-    __slots__ = ("username_or_email", "password")
+    __slots__ = ("username_or_email", "password", "device_token")
     USERNAME_OR_EMAIL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     username_or_email: str
     password: str
-    def __init__(self, username_or_email: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    device_token: str
+    def __init__(self, username_or_email: _Optional[str] = ..., password: _Optional[str] = ..., device_token: _Optional[str] = ...) -> None: ...
 
 class LoginResponse(_message.Message):
     __slots__ = ("login_id", "expires_at", "delivery_hint")
@@ -100,20 +102,22 @@ class VerifyOtpRequest(_message.Message):
     def __init__(self, login_id: _Optional[str] = ..., otp: _Optional[str] = ..., device_name: _Optional[str] = ...) -> None: ...
 
 class VerifyOtpResponse(_message.Message):
-    __slots__ = ("access_token", "refresh_token", "session_id", "access_token_expires_at", "refresh_token_expires_at", "token_type")
+    __slots__ = ("access_token", "refresh_token", "session_id", "access_token_expires_at", "refresh_token_expires_at", "token_type", "device_token")
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     access_token: str
     refresh_token: str
     session_id: str
     access_token_expires_at: _timestamp_pb2.Timestamp
     refresh_token_expires_at: _timestamp_pb2.Timestamp
     token_type: str
-    def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., session_id: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token_type: _Optional[str] = ...) -> None: ...
+    device_token: str
+    def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., session_id: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token_type: _Optional[str] = ..., device_token: _Optional[str] = ...) -> None: ...
 
 class RefreshRequest(_message.Message):
     __slots__ = ("refresh_token",)

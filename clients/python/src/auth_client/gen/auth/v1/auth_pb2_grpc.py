@@ -127,7 +127,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnlockAccount(self, request, context):
-        """UnlockAccount redeems the unlock token e-mailed when an account was locked.
+        """UnlockAccount redeems the unlock token e-mailed when an account was locked. Over HTTP it is a POST:
+        the e-mailed link (GET /api/v1/auth/unlock?token=...) opens a confirmation page that redeems
+        nothing (mail scanners follow links), and its form posts the token here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
