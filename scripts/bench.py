@@ -86,6 +86,9 @@ TARGETS = {
     "bridge_ratio": (">=", 0.8),  # issue 15: the bridge's GET /me against gRPC GetMe, same server
     "bridge_p50_excess_ms": ("<=", 2.0),  # the bridge's p50 minus GetMe's, both at 50 in flight
     "replicas_ratio": ("info", None),
+    "revocation_p99_ms": ("<=", 100.0),  # issue 12: a revocation reaches a guarded service (scenario 11)
+    "login_fairness": (">=", 0.8),  # issue 11: other sources' logins under one source's flood (scenario 12)
+    "login_fairness_rate": ("info", None),
 }
 
 
@@ -134,6 +137,11 @@ class Scenario:
     def median(self, attr: str) -> float:
         values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
         return statistics.median(values) if values else float("nan")
+
+    def success_share(self) -> float:
+        """Of all calls in every run, the share with the expected outcome."""
+        calls = sum(r.count for r in self.runs)
+        return (calls - sum(r.errors for r in self.runs)) / calls if calls else float("nan")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -362,6 +370,7 @@ class Ghz:
         connections: int = 1,
         count_errors: bool = False,
         max_duration: float | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> list[str]:
         if method.startswith("grpc.health"):
             proto = [f"--proto={self.health_proto}"]
@@ -393,9 +402,11 @@ class Ghz:
         if count_errors:  # latency of the calls that fail as expected, too
             cmd += ["--count-errors"]
         cmd += [f"--data-file={data_file}"] if data_file else ["--data={}"]
+        headers = dict(metadata or {})
         if token_count:
-            template = "Bearer {{ env (printf `T%d` (mod .RequestNumber " + str(token_count) + ")) }}"
-            cmd += ["--metadata=" + json.dumps({"authorization": template})]
+            headers["authorization"] = "Bearer {{ env (printf `T%d` (mod .RequestNumber " + str(token_count) + ")) }}"
+        if headers:
+            cmd += ["--metadata=" + json.dumps(headers)]
         return [*cmd, target]
 
     def start(self, cmd: list[str], tokens: list[str] | None = None) -> subprocess.Popen[str]:
@@ -656,6 +667,10 @@ class Bench:
             "AUTH_BCRYPT_ROUNDS": str(self.rounds),
             "AUTH_OTP_RESEND_INTERVAL": "0",  # every Login sends a code
             "AUTH_LOCKOUT_THRESHOLD": "1000",  # wrong passwords in the enumeration scenario never lock
+            # The login throttles stay on (their counters are part of login_ratio's cost) but so high
+            # that one ghz, a single source, is never refused by them.
+            "AUTH_SOURCE_LOGIN_RATE": "1000000",
+            "AUTH_ACCOUNT_FAILURE_LIMIT": "1000000",
             "AUTH_ACCESS_TTL": "3600",  # tokens made at setup outlive the run
             "AUTH_TENANTS": TENANT,
             "AUTH_DEFAULT_TENANT": TENANT,
@@ -732,6 +747,10 @@ class Bench:
             self.scenario_workers(env)
         if 10 in want:
             self.scenario_replicas(env, tokens)
+        if 11 in want:
+            self.scenario_revocation_latency(env, auth_issued[:100])
+        if 12 in want:
+            self.scenario_login_fairness(env, login_users)
         return self.report()
 
     def start_ferret(self) -> str:
@@ -985,7 +1004,131 @@ class Bench:
             one.stop()
             two.stop()
 
+    # ---- scenario 11: revocation pushed to a guard (issue 12) ---------------------------------------
+
+    def scenario_revocation_latency(self, env: dict[str, str], issued: list[Any]) -> None:
+        """From sending LogoutSession to the moment the client package's guard (cache TTL 60 s, so only the
+        pushed event can explain it) has dropped that session's cached answer, for each session in turn,
+        against `serve --workers 2`. Revocations go out over 8 channels, so they land on both workers
+        (SO_REUSEPORT picks one per connection); the guard's stream is on one of them."""
+        import grpc
+
+        from auth_client import AuthClient, Guard
+        from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+        from auth_server.domain.audit import Audit
+        from auth_server.domain.services import ServiceAccounts
+        from auth_server.infra.keys import KeyRing
+        from auth_server.store import open_store
+
+        log(f"scenario 11: revocation -> guard eviction, {len(issued)} sessions, `serve --workers 2`")
+        store = open_store(env["AUTH_STORE"])
+        store.open()
+        try:
+            accounts = ServiceAccounts(
+                store, KeyRing.from_secret(self.secret.encode()), Audit(store), frozenset({TENANT})
+            )
+            account, secret = accounts.create(f"bench{secrets.token_hex(3)}", [])
+        finally:
+            store.close()
+        server = self.server(env, "revocation", cpus=None, workers=2)
+        method = "/bench.v1.Orders/List"
+        auth = AuthClient(server.target, service_credentials=(account.id, secret))
+        guard = Guard(auth=auth, services=[method], rules={method: "authenticated"}, cache_ttl=60)
+        channels = [grpc.insecure_channel(server.target, options=[("bench.channel", i)]) for i in range(8)]
+        try:
+            deadline = time.monotonic() + 30
+            while not guard.revocations.up:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the guard's revocation stream did not connect")
+                time.sleep(0.01)
+            for tokens in issued:  # fill the cache, as a guarded service under load would have it
+                guard._admit(method, [("authorization", f"Bearer {tokens.access_token}")])
+            latencies: list[float] = []
+            errors = 0
+            started = time.monotonic()
+            for i, tokens in enumerate(issued):
+                stub = auth_pb2_grpc.AuthServiceStub(channels[i % len(channels)])
+                sent = time.perf_counter()
+                stub.LogoutSession(
+                    auth_pb2.LogoutSessionRequest(session_id=tokens.session_id),
+                    metadata=[("authorization", f"Bearer {tokens.access_token}")],
+                    timeout=5,
+                )
+                give_up = sent + 5
+                while guard.cache.get(None, tokens.access_token) is not None and time.perf_counter() < give_up:
+                    time.sleep(0.0002)
+                if guard.cache.get(None, tokens.access_token) is not None:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - sent) * 1000)
+            elapsed = time.monotonic() - started
+        finally:
+            for channel in channels:
+                channel.close()
+            guard.close()
+            auth.close()
+            server.stop()
+        cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [float("nan")] * 99
+        self.record(
+            "revocation_latency",
+            "11 revocation -> guard eviction, --workers 2",
+            Result(
+                rps=len(latencies) / elapsed,
+                p50=cuts[49],
+                p95=cuts[94],
+                p99=cuts[98],
+                mean=statistics.fmean(latencies) if latencies else float("nan"),
+                count=len(latencies),
+                errors=errors,
+            ),
+            note="ms from sending LogoutSession to the guard's cache entry gone; one revocation at a time",
+        )
+
     # ---- report ----------------------------------------------------------------------------------------
+
+    # ---- scenario 12: login fairness under one source's flood -------------------------------------
+
+    def scenario_login_fairness(self, env: dict[str, str], users: list[Any]) -> None:
+        """Logins from other sources, alone and while one source floods Login with 24 callers.
+
+        Sources are told by x-forwarded-for through a trusted proxy (the benchmark's address), as behind
+        a real load balancer. The per-source rate is off: what is measured is the bcrypt pool's fairness.
+        """
+        log(f"scenario 12: Login from other sources, alone and under a 24-caller flood from one (cost {self.rounds})")
+        fair_env = env | {"AUTH_TRUSTED_PROXIES": "127.0.0.1/32", "AUTH_SOURCE_LOGIN_RATE": "0"}
+        server = self.server(fair_env, "fairness", cpus=self.all_cpus)
+        data = [{"username_or_email": u.username, "password": PASSWORD} for u in users]
+        flood_data = [{"username_or_email": f"ghost{i:05d}", "password": WRONG_PASSWORD} for i in range(500)]
+        legit = {"concurrency": 2, "duration": self.p.login_measure, "metadata": {"x-forwarded-for": "203.0.113.10"}}
+        try:
+            for _ in range(self.p.rounds):
+                self.record("login_others_alone", "12 Login, other sources, alone",
+                            self.measure(server, "auth.v1.AuthService/Login", data=data, **legit))
+                flood_cmd = self.ghz.command(
+                    "auth.v1.AuthService/Login",
+                    server.target,
+                    data_file=self.ghz.data_file(flood_data),
+                    concurrency=24,
+                    duration=2 * (self.p.warmup + self.p.login_measure) + 10,
+                    count_errors=True,
+                    metadata={"x-forwarded-for": "198.51.100.66"},
+                )
+                flood = self.ghz.start(flood_cmd)
+                time.sleep(1.5)  # the flood is running before the measured logins start
+                try:
+                    self.record("login_others_flood", "12 Login, other sources, one source flooding",
+                                self._measure_noquiet_data(server, data, legit))
+                finally:
+                    flood.send_signal(signal.SIGINT)
+                    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                        self.ghz.finish(flood, 60, "Unauthenticated")
+        finally:
+            server.stop()
+
+    def _measure_noquiet_data(self, server: Server, data: list[dict[str, str]], kw: dict[str, Any]) -> Result:
+        """A measured Login run while another load runs (so no waiting for a quiet machine)."""
+        common = {"data_file": self.ghz.data_file(data), "token_count": 0} | kw
+        return self.timed(server, "auth.v1.AuthService/Login", server.target, None, "OK", common)
 
     def report(self) -> dict[str, Any]:
         nan = float("nan")
@@ -993,6 +1136,7 @@ class Bench:
         p99 = collections.defaultdict(lambda: nan, {k: v.median("p99") for k, v in self.scenarios.items()})
         p50 = collections.defaultdict(lambda: nan, {k: v.median("p50") for k, v in self.scenarios.items()})
         mean = collections.defaultdict(lambda: nan, {k: v.median("mean") for k, v in self.scenarios.items()})
+        success = collections.defaultdict(lambda: nan, {k: v.success_share() for k, v in self.scenarios.items()})
         self.values.setdefault("bcrypt_rps", nan)
         self.values.setdefault("bcrypt_rps_rounds", [])
         ratios = {
@@ -1008,6 +1152,10 @@ class Bench:
             "bridge_ratio": s["bridge_me"] / s["getme"],
             "bridge_p50_excess_ms": p50["bridge_me"] - p50["getme"],
             "replicas_ratio": s["replicas_2"] / s["replicas_1"],
+            "revocation_p99_ms": p99["revocation_latency"],
+            # The issue's measure: the share of other sources' logins that succeed, flood vs none.
+            "login_fairness": success["login_others_flood"] / success["login_others_alone"],
+            "login_fairness_rate": s["login_others_flood"] / s["login_others_alone"],  # their throughput
         }
         return {
             **{k: (round(v, 3) if v == v else None) for k, v in ratios.items()},
@@ -1147,7 +1295,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", default=str(REPO / "bench" / "results.json"), help="where to write the JSON")
     parser.add_argument(
-        "--only", nargs="+", type=int, choices=range(1, 11), metavar="N", help="run only these scenarios (1-10)"
+        "--only", nargs="+", type=int, choices=range(1, 13), metavar="N", help="run only these scenarios (1-12)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: quick 1, full 2)")
     parser.add_argument("--measure", type=float, help="measured seconds of each throughput run")
@@ -1171,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     if args.measure:
         profile = dataclasses.replace(profile, measure=args.measure)
-    args.only = set(args.only or range(1, 11))
+    args.only = set(args.only or range(1, 13))
     if args.store == "mongodb":  # a FerretDB-backed store is far slower: fewer refresh tokens, same scenarios
         profile = dataclasses.replace(profile, refresh_calls=1000, refresh_warm=200)
     if args.bcrypt_rounds is None:

@@ -7,7 +7,10 @@ time a method missing from the table is denied for everyone.
 
 Per call the guard parses metadata once (tenant, bearer token, device hints, client IP), authenticates
 protected methods (JWT signature first, so a bad token never costs a store read; then one store read
-for session and user), checks roles, and hands the handler a typed `CallInfo` through a ContextVar.
+for session and user, or for the service account of a service token), checks that the rule admits
+this kind of caller (a person's token never satisfies `services`, a service token never `authenticated`
+or `roles`: CALLER_NOT_ALLOWED, decided before any store read) and the roles or service name, and hands
+the handler a typed `CallInfo` through a ContextVar.
 It is also the one error boundary: AuthError becomes a status with ErrorInfo, store outages become
 UNAVAILABLE / STORE_UNAVAILABLE, anything else INTERNAL with a generic message and a log line.
 """
@@ -20,7 +23,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -32,7 +35,9 @@ from auth_client.gen.auth.v1 import access_pb2
 from auth_server.api.rpc_errors import abort, to_status_proto
 from auth_server.domain import audit, errors
 from auth_server.domain.errors import AuthError, Code, unauthenticated
+from auth_server.domain.services import NAME_PATTERN, ServiceAccounts, ServiceCaller
 from auth_server.domain.sessions import Caller, Sessions
+from auth_server.domain.tokens import ServiceClaims
 from auth_server.infra.config import TENANT_PATTERN, Settings
 from auth_server.infra.metrics import Metrics
 from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
@@ -61,7 +66,9 @@ class AccessRuleError(Exception):
 @dataclass(frozen=True)
 class Rule:
     public: bool
-    roles: frozenset[str] | None  # None: any authenticated caller
+    roles: frozenset[str] | None  # None: any authenticated person (when `people`)
+    people: bool = True  # a person's session token is admitted (`authenticated` or `roles`)
+    services: frozenset[str] | None = None  # service account names admitted ("*": any); None: no service
 
 
 def load_rules(files: Iterable[FileDescriptor]) -> dict[str, Rule]:
@@ -77,12 +84,27 @@ def load_rules(files: Iterable[FileDescriptor]) -> dict[str, Rule]:
                     problems.append(f"{name} declares no (auth.v1.access) rule")
                     continue
                 rule = options.Extensions[access_pb2.access]
-                forms = int(rule.public) + int(rule.authenticated) + int(bool(rule.roles))
-                if forms != 1 or access_pb2.ROLE_UNSPECIFIED in rule.roles:
-                    problems.append(f"{name} must set exactly one of public, authenticated, roles")
+                people = int(rule.authenticated) + int(bool(rule.roles))
+                services = list(rule.services)
+                if rule.public:
+                    valid = not people and not services
+                else:
+                    valid = people <= 1 and (people == 1 or bool(services))
+                if not valid or access_pb2.ROLE_UNSPECIFIED in rule.roles:
+                    problems.append(
+                        f"{name} must be public alone, or set authenticated or roles (not both), services, or both"
+                    )
+                    continue
+                if any(s != "*" and not NAME_PATTERN.match(s) for s in services):
+                    problems.append(f'{name} names a service that is neither "*" nor a valid service account name')
                     continue
                 roles = frozenset(ROLE_NAMES[r] for r in rule.roles) if rule.roles else None
-                table[name] = Rule(public=rule.public, roles=roles)
+                table[name] = Rule(
+                    public=rule.public,
+                    roles=roles,
+                    people=people == 1,
+                    services=frozenset(services) if services else None,
+                )
     if problems:
         raise AccessRuleError("; ".join(problems))
     return table
@@ -93,10 +115,11 @@ class CallInfo:
     """What the guard learned about the call; handlers read it instead of metadata."""
 
     tenant: str
-    caller: Caller | None  # set for authenticated methods
+    caller: Caller | None  # the person, when a person's token made the call
     user_agent: str
     device_name: str | None  # x-device-name
     ip_address: str
+    service: ServiceCaller | None = None  # the service account, when a service token made the call
 
     def require_caller(self) -> Caller:
         if self.caller is None:  # only reachable if a public method's handler asks: a programming error
@@ -122,7 +145,15 @@ def _peer_ip(peer: str) -> str:
 
 
 class Guard(grpc.ServerInterceptor):
-    def __init__(self, rules: dict[str, Rule], sessions: Sessions, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        rules: dict[str, Rule],
+        sessions: Sessions,
+        settings: Settings,
+        metrics: Metrics,
+        services: ServiceAccounts | None = None,
+    ) -> None:
+        self._services = services  # None: no service tokens (a guard built for people only)
         self._metrics = metrics
         self._rules = rules
         self._sessions = sessions
@@ -157,6 +188,8 @@ class Guard(grpc.ServerInterceptor):
         if method.startswith(INFRASTRUCTURE_PUBLIC):
             return handler
         rule = self._rules.get(method)
+        if rule is not None and handler.unary_stream is not None:
+            return self._wrap_stream(method, rule, handler)
         if rule is None or handler.unary_unary is None:
             return grpc.unary_unary_rpc_method_handler(_deny_undeclared)
         behavior = handler.unary_unary
@@ -176,15 +209,8 @@ class Guard(grpc.ServerInterceptor):
                 finally:
                     _current.reset(token)
                     audit.client_ip.reset(ip_token)
-            except AuthError as error:
-                outcome = error
-            except StoreUnavailable:
-                log.warning("store unavailable during %s", method, exc_info=True)
-                self._metrics.store_errors.inc()
-                outcome = errors.store_unavailable()
-            except Exception:
-                log.exception("unexpected error in %s", method)
-                outcome = AuthError(Code.INTERNAL, "INTERNAL", "Internal error.")
+            except Exception as exc:  # the one error boundary: every failure gets a status
+                outcome = self._boundary(method, exc)
             finally:
                 self._finish(method, info, ip, outcome, time.perf_counter() - started)
             self._abort(context, outcome)
@@ -194,6 +220,49 @@ class Guard(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _wrap_stream(self, method: str, rule: Rule, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A server-streaming method (WatchRevocations): the same admission, error boundary and access log
+        as a unary call; the log line and latency cover the whole stream."""
+        behavior = handler.unary_stream
+
+        def guarded_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            outcome: AuthError | None = None
+            info: CallInfo | None = None
+            headers = _text_headers(context)
+            ip = self._client_ip(context.peer(), headers)
+            try:
+                info = self._admit(rule, headers, ip)
+                token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    _current.reset(token)
+                    audit.client_ip.reset(ip_token)
+            except Exception as exc:  # the one error boundary: every failure gets a status
+                outcome = self._boundary(method, exc)
+            finally:
+                self._finish(method, info, ip, outcome, time.perf_counter() - started)
+            if outcome is not None:
+                self._abort(context, outcome)
+
+        return grpc.unary_stream_rpc_method_handler(
+            guarded_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _boundary(self, method: str, exc: Exception) -> AuthError:
+        """What a failure becomes on the wire; called inside the `except` so tracebacks are logged."""
+        if isinstance(exc, AuthError):
+            return exc
+        if isinstance(exc, StoreUnavailable):
+            log.warning("store unavailable during %s", method, exc_info=True)
+            self._metrics.store_errors.inc()
+            return errors.store_unavailable()
+        log.exception("unexpected error in %s", method)
+        return AuthError(Code.INTERNAL, "INTERNAL", "Internal error.")
 
     def _abort(self, context: grpc.ServicerContext, error: AuthError) -> NoReturn:
         """abort(), with the status of a plain error (no metadata, no field violations) built once."""
@@ -208,9 +277,7 @@ class Guard(grpc.ServerInterceptor):
         context.abort_with_status(status)
         raise AssertionError("abort_with_status returned")  # it always raises
 
-    def _finish(
-        self, method: str, info: CallInfo | None, ip: str, error: AuthError | None, seconds: float
-    ) -> None:
+    def _finish(self, method: str, info: CallInfo | None, ip: str, error: AuthError | None, seconds: float) -> None:
         """The access log line and the call metrics: one of each per call."""
         code = error.code.value if error else "OK"
         observers = self._observers.get((method, code))
@@ -232,6 +299,7 @@ class Guard(grpc.ServerInterceptor):
                 "tenant": info.tenant if info else "",
                 # a hash, not the id: the log should not hand out handles on live sessions
                 "session": self._session_tag(caller.session.id) if caller else "",
+                "service": info.service.account.name if info and info.service else "",
                 "ip": ip,
             }
             # What access_log.info("call", extra=extra) does, less its walk up the stack to find the
@@ -252,10 +320,13 @@ class Guard(grpc.ServerInterceptor):
 
     def _admit(self, rule: Rule, headers: dict[str, list[str]], ip: str) -> CallInfo:
         tenant = self._tenant(headers.get("x-tenant-id"))
-        caller = None if rule.public else self._authenticate(tenant, headers.get("authorization"), rule)
+        caller: Caller | ServiceCaller | None = None
+        if not rule.public:
+            caller = self._authenticate(tenant, headers.get("authorization"), rule)
         return CallInfo(
             tenant=tenant,
-            caller=caller,
+            caller=caller if isinstance(caller, Caller) else None,
+            service=caller if isinstance(caller, ServiceCaller) else None,
             # gRPC clients cannot set user-agent per call, so proxies and browsers' bridges send x-user-agent.
             user_agent=(headers.get("x-user-agent") or headers.get("user-agent") or [""])[0][:MAX_HEADER_CHARS],
             device_name=(headers.get("x-device-name") or [None])[0],
@@ -273,13 +344,27 @@ class Guard(grpc.ServerInterceptor):
             raise AuthError(Code.NOT_FOUND, "TENANT_NOT_FOUND", "Unknown tenant.")
         return values[0]
 
-    def _authenticate(self, tenant: str, values: list[str] | None, rule: Rule) -> Caller:
+    def _authenticate(self, tenant: str, values: list[str] | None, rule: Rule) -> Caller | ServiceCaller:
         if not values:
             raise unauthenticated(*errors.TOKEN_MISSING)
         scheme, _, token = values[0].strip().partition(" ")
         if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
             raise unauthenticated(*errors.TOKEN_INVALID)
-        caller = self._sessions.authenticate(tenant, token.strip())
+        token = token.strip()
+        # The kind of token decides which rule part applies; signature and claims are checked here,
+        # before any store read (sessions.authenticate below finds the verification cached).
+        claims = self._services.verify_token(token) if self._services is not None else None
+        if isinstance(claims, ServiceClaims):
+            assert self._services is not None
+            if rule.services is None:
+                raise errors.caller_not_allowed("This method is for people; a service token cannot call it.")
+            service = self._services.authenticate(tenant, claims)
+            if "*" not in rule.services and service.account.name not in rule.services:
+                raise errors.caller_not_allowed("This service account is not allowed to call this method.")
+            return service
+        if not rule.people:
+            raise errors.caller_not_allowed("This method is for service accounts; a person's token cannot call it.")
+        caller = self._sessions.authenticate(tenant, token)
         if rule.roles is not None and caller.user.role not in rule.roles:
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
         return caller

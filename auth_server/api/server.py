@@ -21,13 +21,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_server.api.guard import Guard, load_rules
+from auth_server.api.guard import Guard, Rule, load_rules
 from auth_server.api.servicers.admin import AdminServicer
 from auth_server.api.servicers.auth import AuthServicer
 from auth_server.domain.accounts import Accounts
 from auth_server.domain.admin import Admin
 from auth_server.domain.audit import Audit
 from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.revocations import RevocationFeed
+from auth_server.domain.services import ServiceAccounts
 from auth_server.domain.sessions import Sessions
 from auth_server.domain.throttle import Throttle
 from auth_server.domain.tokens import RefreshTokens, access_tokens_for
@@ -46,6 +48,7 @@ SERVICE_NAMES = (
 )
 MAX_METADATA_BYTES = 16 * 1024
 HEALTH_INTERVAL_SECONDS = 2.0
+INTROSPECT = "/auth.v1.AuthService/Introspect"
 
 
 class HealthMonitor:
@@ -98,10 +101,13 @@ class App:
     metrics: Metrics
     health: health.HealthServicer
     monitor: HealthMonitor
+    revocations: RevocationFeed | None = None
 
     def stop(self, grace: float) -> None:
         self.monitor.stop()
         self.health.enter_graceful_shutdown()
+        if self.revocations is not None:
+            self.revocations.close()  # open WatchRevocations streams end now (UNAVAILABLE), not after grace
         self.server.stop(grace).wait()
         self.store.close()
 
@@ -182,11 +188,14 @@ def create_server(
     sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
     throttle = Throttle(store, settings, keys)
     accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions, audit, throttle)
+    services = ServiceAccounts(store, keys, audit, settings.tenants, access_tokens=access_tokens, throttle=throttle)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
+    if settings.introspect_access == "public":  # AUTH_INTROSPECT_ACCESS=public: the pre-service-account rule
+        rules[INTROSPECT] = Rule(public=True, roles=None)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=[Guard(rules, sessions, settings, metrics)],
+        interceptors=[Guard(rules, sessions, settings, metrics, services)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -194,7 +203,8 @@ def create_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions), server)
+    revocations = RevocationFeed(store, max_streams=settings.watch_streams or max(1, settings.grpc_threads // 4))
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions, services, revocations), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store, audit)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -218,4 +228,5 @@ def create_server(
         metrics=metrics,
         health=health_servicer,
         monitor=monitor,
+        revocations=revocations,
     )

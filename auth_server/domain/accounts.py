@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from auth_server.domain import errors, known_devices, otp, validation
+from auth_server.domain import errors, known_devices, otp, revocations, validation
 from auth_server.domain.audit import Audit
-from auth_server.domain.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
+from auth_server.domain.errors import AuthError, Code, FieldViolation, server_busy, unauthenticated, validation_failed
 from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.revocations import RevocationLog
 from auth_server.domain.sessions import Caller, Device, IssuedTokens, Sessions
 from auth_server.domain.throttle import Throttle
 from auth_server.infra.clock import utcnow
@@ -29,6 +30,7 @@ from auth_server.infra.mail import Mailer, MailError
 from auth_server.store.base import DuplicateKey, LoginChallenge, Store, User
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SignedIn:
@@ -82,6 +84,7 @@ class Accounts:
         self._hasher = hasher
         self._mailer = mailer
         self._sessions = sessions
+        self._revocations = RevocationLog(store)
 
     # --- sign-up
 
@@ -133,6 +136,8 @@ class Accounts:
         ]
         if missing:
             raise validation_failed(missing)
+        if not self._hasher.has_room(source):  # this source's share of the hashing queue is full
+            raise server_busy()
         user = self._store.find_user(tenant, identifier) if len(identifier) <= validation.MAX_IDENTIFIER_CHARS else None
         now = utcnow()
         known = user is not None and known_devices.is_known(
@@ -178,9 +183,7 @@ class Accounts:
             self._throttle.pair_succeeded(tenant, identifier, source, now)
             return True
         user_id = user.id if user else ""
-        self._audit.record(
-            tenant, "login.failed", user_id=user_id, reason="wrong_password" if user else "unknown_user"
-        )
+        self._audit.record(tenant, "login.failed", user_id=user_id, reason="wrong_password" if user else "unknown_user")
         locked_for = self._throttle.pair_failed(tenant, identifier, source, ordinal, now)
         if locked_for is not None:
             self._audit.record(
@@ -331,6 +334,7 @@ class Accounts:
         if changed is None:  # changed concurrently by another session: make the caller retry
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "password_changed")
+        self._revocations.user(caller.tenant, revocations.PASSWORD_CHANGED, user.id)
         # A login started with the old password must not finish after the change.
         self._store.consume_challenges(caller.tenant, user.id, now)
         self._audit.record(caller.tenant, "password.changed", user_id=user.id, revoked_sessions=str(revoked))

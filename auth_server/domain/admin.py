@@ -14,9 +14,11 @@ import binascii
 from collections.abc import Callable
 from typing import TypeVar
 
+from auth_server.domain import revocations
 from auth_server.domain.audit import Audit
 from auth_server.domain.counters import lease
 from auth_server.domain.errors import AuthError, Code, FieldViolation, validation_failed
+from auth_server.domain.revocations import RevocationLog
 from auth_server.domain.sessions import Caller
 from auth_server.infra.clock import utcnow
 from auth_server.store.base import AuditEvent, Store, User
@@ -65,6 +67,7 @@ class Admin:
     def __init__(self, store: Store, audit: Audit) -> None:
         self._store = store
         self._audit = audit
+        self._revocations = RevocationLog(store)
 
     def list_users(self, caller: Caller, page_size: int, page_token: str) -> tuple[list[User], str]:
         return _page(lambda after, limit: self._store.list_users(caller.tenant, after, limit), page_size, page_token)
@@ -100,6 +103,7 @@ class Admin:
             if not self._keeps_an_admin(caller.tenant, user):
                 raise _last_admin("This is the tenant's last active admin; promote another admin first.")
             self._store.update_user(caller.tenant, user.id, set={"admin_locked": True})
+        self._revocations.user(caller.tenant, revocations.USER_LOCKED, user.id)
         self._store.consume_challenges(caller.tenant, user.id, now)
         revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "locked_by_admin")
         self._audit.record(
@@ -143,6 +147,8 @@ class Admin:
             updated = self._store.update_user(tenant, user.id, set={"role": role})
         if updated is None:
             raise _user_not_found()
+        if updated.role != user.role:
+            self._revocations.user(tenant, revocations.ROLE_CHANGED, user.id)
         self._audit.record(
             tenant, "role.changed", user_id=user.id, actor_user_id=actor_user_id, old=user.role, new=role
         )

@@ -81,6 +81,17 @@ SESSION_REVOKED = ("SESSION_REVOKED", "Your session was revoked from another dev
 SESSION_EXPIRED = ("SESSION_EXPIRED", "Your session has reached its maximum lifetime; log in again.")
 ACCOUNT_LOCKED = ("ACCOUNT_LOCKED", "This account is locked.")
 INVALID_CREDENTIALS = ("INVALID_CREDENTIALS", "The username/e-mail or password is incorrect.")
+SERVICE_CREDENTIALS_INVALID = ("INVALID_CREDENTIALS", "The client id or client secret is incorrect.")
+SERVICE_ACCOUNT_REVOKED = (
+    "SERVICE_ACCOUNT_REVOKED",
+    "The service account of this token was deleted, or its secret rotated; get a new token.",
+)
+
+
+def caller_not_allowed(message: str) -> AuthError:
+    """PERMISSION_DENIED / CALLER_NOT_ALLOWED: a live caller whose kind (person, service) or name the rule
+    does not admit."""
+    return AuthError(Code.PERMISSION_DENIED, "CALLER_NOT_ALLOWED", message)
 
 
 def store_unavailable() -> AuthError:

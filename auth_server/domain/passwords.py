@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -40,10 +40,14 @@ def _lower_priority() -> None:
 
 
 class FairGate:
-    """Admission to `slots` hashing slots: free slots are taken at once; otherwise callers wait, each
-    source in its own queue, and a released slot goes to the source at the head of the rotation, which
-    then moves to its back (round robin). A source may have `per_source` callers waiting and all
-    sources together `max_waiting`; beyond either, `acquire` refuses at once.
+    """Admission to `slots` hashing slots, fair between sources.
+
+    A free slot is taken at once. Otherwise callers wait, each source in its own queue, and a released
+    slot goes to the waiting source that holds the fewest slots now and, among equals, was served
+    longest ago (a newcomer: never). So a source arriving during another's flood is served at the next
+    release, ahead of the flood's own queue, and flooding sources share what is left in turn. A source
+    may have `per_source` callers waiting and all sources together `max_waiting`; beyond either,
+    `acquire` refuses at once.
 
     Written here rather than taken from a library: the rate-limiting libraries limit rates per key,
     none shares a fixed pool of slots fairly between keys, and this is that and nothing more.
@@ -55,12 +59,16 @@ class FairGate:
         self._max_waiting = max_waiting
         self._per_source = per_source
         self._waiting = 0
-        self._queues: OrderedDict[str, deque[threading.Event]] = OrderedDict()  # the rotation
+        self._queues: dict[str, deque[threading.Event]] = {}  # waiting callers per source
+        self._running: dict[str, int] = {}  # slots each source holds now
+        self._served_at: dict[str, int] = {}  # tick of each active source's latest admission
+        self._tick = 0
 
     def acquire(self, source: str) -> bool:
         with self._lock:
             if self._free > 0 and not self._waiting:
                 self._free -= 1
+                self._admit(source)
                 return True
             queue = self._queues.get(source)
             if self._waiting >= self._max_waiting or (queue is not None and len(queue) >= self._per_source):
@@ -73,18 +81,43 @@ class FairGate:
         turn.wait()  # release() hands its slot over: nothing to take when woken
         return True
 
-    def release(self) -> None:
+    def has_room(self, source: str) -> bool:
+        """Whether `acquire(source)` would be admitted or queued now (a hint: no slot is reserved).
+
+        Lets a caller refuse a flood's excess before doing any other work for it: a refusal must cost
+        far less than the hash it saves, or the refusals themselves take the cores from the hashes.
+        """
         with self._lock:
+            if self._free > 0 and not self._waiting:
+                return True
+            queue = self._queues.get(source)
+            return self._waiting < self._max_waiting and (queue is None or len(queue) < self._per_source)
+
+    def _admit(self, source: str) -> None:
+        self._tick += 1
+        self._served_at[source] = self._tick
+        self._running[source] = self._running.get(source, 0) + 1
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            held = self._running.get(source, 0) - 1
+            if held > 0:
+                self._running[source] = held
+            else:
+                self._running.pop(source, None)
+                if source not in self._queues:
+                    self._served_at.pop(source, None)  # inactive: forgotten, so memory stays bounded
             if not self._queues:
                 self._free += 1
                 return
-            source, queue = next(iter(self._queues.items()))
+            # At most max_waiting sources wait, so this scan is short.
+            chosen = min(self._queues, key=lambda s: (self._running.get(s, 0), self._served_at.get(s, 0)))
+            queue = self._queues[chosen]
             turn = queue.popleft()
             self._waiting -= 1
-            if queue:
-                self._queues.move_to_end(source)
-            else:
-                del self._queues[source]
+            if not queue:
+                del self._queues[chosen]
+            self._admit(chosen)
         turn.set()
 
 
@@ -105,7 +138,11 @@ class PasswordHasher:
         try:
             return self._pool.submit(work).result()
         finally:
-            self._gate.release()
+            self._gate.release(source)
+
+    def has_room(self, source: str) -> bool:
+        """Whether a check from `source` would be admitted now (see FairGate.has_room)."""
+        return self._gate.has_room(source)
 
     def hash(self, password: str, source: str = "") -> bytes:
         data = password.encode()

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from auth_server.domain import errors
 from auth_server.domain.audit import Audit
 from auth_server.domain.errors import AuthError, Code, unauthenticated
+from auth_server.domain.revocations import USER_SESSIONS_REVOKED, RevocationLog
 from auth_server.domain.tokens import AccessTokens, RefreshTokens
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import Settings
@@ -64,6 +65,7 @@ class Sessions:
     ) -> None:
         self._audit = audit
         self._store = store
+        self._revocations = RevocationLog(store)
         self._settings = settings
         self._keys = keys
         self._access = access_tokens
@@ -185,12 +187,14 @@ class Sessions:
             current = self._refresh.mint(tenant, session.id, session.refresh_generation, session.refresh_nonce)
             return self._pair(tenant, session, current)
         if parsed.generation < session.refresh_generation:
-            self._store.update_session(
+            revoked = self._store.update_session(
                 tenant,
                 session.id,
                 set={"revoked_at": now, "revoke_reason": "refresh_token_reused"},
                 expect={"revoked_at": None},
             )
+            if revoked is not None:
+                self._revocations.session(tenant, session.id, session.user_id)
             self._audit.record(
                 tenant,
                 "refresh.reuse_detected",
@@ -220,6 +224,7 @@ class Sessions:
         )
         if revoked is None:
             raise AuthError(Code.FAILED_PRECONDITION, "SESSION_ALREADY_REVOKED", "This session is already revoked.")
+        self._revocations.session(caller.tenant, session_id, caller.user.id)
         self._audit.record(caller.tenant, "session.revoked", user_id=caller.user.id, session_id=session_id)
 
     def logout_all(self, caller: Caller, keep_current: bool) -> int:
@@ -230,5 +235,8 @@ class Sessions:
             "logout_all",
             except_id=caller.session.id if keep_current else None,
         )
+        if revoked:
+            # User-wide, so guards also drop the kept session's answers (it merely introspects again).
+            self._revocations.user(caller.tenant, USER_SESSIONS_REVOKED, caller.user.id)
         self._audit.record(caller.tenant, "sessions.revoked", user_id=caller.user.id, count=str(revoked))
         return revoked

@@ -5,6 +5,11 @@ Access token: a JWT (header `typ: at+jwt`) whose payload holds only `session_id`
 user, and revocation, locks and role changes act on the next call. Verification pins the configured
 algorithm (never the one in the token header, never `none`), requires every claim and checks `type`.
 
+Service token: the same kind of JWT with `type: "service"` and `service_account_id` instead of
+`session_id` (issued by IssueServiceToken to a service account, services.py). Each kind is accepted only
+where it is expected: `verify` takes session tokens alone, `verify_service` service tokens alone, and a
+token with both ids, neither, or another type is TOKEN_INVALID to both.
+
 Refresh token: opaque, `rt1.<session_id>.<generation>.<mac>`, where the MAC binds tenant, session,
 generation and a per-session nonce under a server key. The store keeps the session's current
 generation and a keyed hash of the current token, never the token. Because any genuine token can be
@@ -31,6 +36,7 @@ from jwt.utils import base64url_decode
 from auth_server.domain.errors import TOKEN_EXPIRED, TOKEN_INVALID, unauthenticated
 
 ACCESS_TYPE = "access"
+SERVICE_TYPE = "service"
 REFRESH_PREFIX = "rt1"
 # rt1.<session id: ASCII letters/digits>.<generation: ASCII digits, no leading zero>.<MAC: unpadded base64url>
 REFRESH_FORMAT = re.compile(
@@ -44,6 +50,13 @@ VERIFIED_CACHE_SIZE = 4096  # access tokens whose signature and claims were chec
 @dataclass(frozen=True)
 class AccessClaims:
     session_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ServiceClaims:
+    service_account_id: str
     issued_at: datetime
     expires_at: datetime
 
@@ -66,10 +79,10 @@ class AccessTokens:
         self._algorithm = algorithm
         self._headers: dict[str, str] = {"typ": "at+jwt"} | ({"kid": kid} if kid else {})
         self._ttl = timedelta(seconds=ttl)
-        self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "session_id", "type"]})
+        self._jwt = jwt.PyJWT(options={"require": ["exp", "iat", "type"]})  # and the kind's id (_claims)
         # token -> (claims, exp): tokens that passed full verification. Only the expiry can change a
         # verdict later (iat/nbf in the future only ever become valid), so a hit re-checks exp alone.
-        self._verified: OrderedDict[str, tuple[AccessClaims, int]] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[AccessClaims | ServiceClaims, int]] = OrderedDict()
         self._hmac_key: bytes | None = verification_key if algorithm == "HS256" else None
 
     def issue(self, session_id: str, now: datetime) -> tuple[str, datetime]:
@@ -87,8 +100,38 @@ class AccessTokens:
         token = self._jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=self._headers)
         return token, datetime.fromtimestamp(payload["exp"], UTC)
 
+    def issue_service(
+        self, service_account_id: str, now: datetime, not_after: datetime | None = None
+    ) -> tuple[str, datetime]:
+        """A service token for the account, valid from `now` (a random jti: each one is new) for the
+        configured lifetime, or until `not_after` if that comes first."""
+        expires_at = now + self._ttl if not_after is None else min(now + self._ttl, not_after)
+        payload = {
+            "service_account_id": service_account_id,
+            "type": SERVICE_TYPE,
+            "iat": int(now.timestamp()),
+            "exp": int(expires_at.timestamp()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        token = self._jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=self._headers)
+        return token, datetime.fromtimestamp(payload["exp"], UTC)
+
     def verify(self, token: str) -> AccessClaims:
-        """Claims of a valid access token; AuthError TOKEN_EXPIRED or TOKEN_INVALID otherwise.
+        """Claims of a valid session access token; TOKEN_INVALID for a service token (see module docstring)."""
+        claims = self.verify_any(token)
+        if not isinstance(claims, AccessClaims):
+            raise unauthenticated(*TOKEN_INVALID)
+        return claims
+
+    def verify_service(self, token: str) -> ServiceClaims:
+        """Claims of a valid service token; TOKEN_INVALID for a session token."""
+        claims = self.verify_any(token)
+        if not isinstance(claims, ServiceClaims):
+            raise unauthenticated(*TOKEN_INVALID)
+        return claims
+
+    def verify_any(self, token: str) -> AccessClaims | ServiceClaims:
+        """Claims of a valid access token of either kind; AuthError TOKEN_EXPIRED or TOKEN_INVALID otherwise.
 
         A client sends the same access token with every call for its whole lifetime, so the result of a
         full verification (signature, algorithm, required claims, type) is kept for the token in a bounded
@@ -130,7 +173,7 @@ class AccessTokens:
         except (ValueError, TypeError):  # binascii.Error is a ValueError
             return False
 
-    def _verify_fully(self, token: str) -> AccessClaims:
+    def _verify_fully(self, token: str) -> AccessClaims | ServiceClaims:
         try:
             payload = self._jwt.decode(
                 token, self._verification_key, algorithms=[self._algorithm], leeway=LEEWAY_SECONDS
@@ -139,16 +182,17 @@ class AccessTokens:
             raise unauthenticated(*TOKEN_EXPIRED) from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise unauthenticated(*TOKEN_INVALID) from None
-        session_id = payload.get("session_id")
-        if payload.get("type") != ACCESS_TYPE or not isinstance(session_id, str) or not session_id:
-            raise unauthenticated(*TOKEN_INVALID)
         if not isinstance(payload.get("iat"), int) or not isinstance(payload.get("exp"), int):
             raise unauthenticated(*TOKEN_INVALID)
-        return AccessClaims(
-            session_id=session_id,
-            issued_at=datetime.fromtimestamp(payload["iat"], UTC),
-            expires_at=datetime.fromtimestamp(payload["exp"], UTC),
-        )
+        issued_at = datetime.fromtimestamp(payload["iat"], UTC)
+        expires_at = datetime.fromtimestamp(payload["exp"], UTC)
+        session_id, account_id = payload.get("session_id"), payload.get("service_account_id")
+        # Exactly one id, matching the type: a token can never pass for the other kind.
+        if payload.get("type") == ACCESS_TYPE and account_id is None and isinstance(session_id, str) and session_id:
+            return AccessClaims(session_id=session_id, issued_at=issued_at, expires_at=expires_at)
+        if payload.get("type") == SERVICE_TYPE and session_id is None and isinstance(account_id, str) and account_id:
+            return ServiceClaims(service_account_id=account_id, issued_at=issued_at, expires_at=expires_at)
+        raise unauthenticated(*TOKEN_INVALID)
 
 
 def access_tokens_for(

@@ -126,6 +126,8 @@ def error_response(error: HttpError) -> JSONResponse:
 
 
 def _printable(value: str) -> str:
+    if value.isascii() and value.isprintable():  # the common case, without a per-character loop
+        return value
     return "".join(ch for ch in value if " " <= ch <= "~")
 
 

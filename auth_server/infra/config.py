@@ -63,6 +63,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # AUTH_CORS_ORIGINS: browser origins the HTTP bridge allows; none by default
     refresh_cookie: bool = True  # AUTH_REFRESH_COOKIE: on: the bridge keeps refresh tokens in an HttpOnly cookie
     grpc_threads: int = 32  # AUTH_GRPC_THREADS: worker threads of the gRPC server
+    # AUTH_WATCH_STREAMS: open WatchRevocations streams per process (each holds a worker thread);
+    # 0: a quarter of AUTH_GRPC_THREADS
+    watch_streams: int = 0
     hash_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)  # AUTH_HASH_CONCURRENCY
     max_message_bytes: int = 64 * 1024  # AUTH_MAX_MESSAGE_BYTES: largest request accepted
     shutdown_grace: float = 10.0  # AUTH_SHUTDOWN_GRACE seconds for in-flight calls on SIGTERM
@@ -72,6 +75,9 @@ class Settings:
     jwt_algorithm: str = "HS256"  # AUTH_JWT_ALGORITHM: HS256 (key from the secret), ES256 or EdDSA
     jwt_private_key_file: str | None = None  # AUTH_JWT_PRIVATE_KEY_FILE: PEM key for ES256/EdDSA
     jwt_key_id: str | None = None  # AUTH_JWT_KEY_ID: `kid` header of asymmetric tokens
+    # AUTH_INTROSPECT_ACCESS: "service": Introspect needs a service token (its rule in auth.proto);
+    # "public": anyone may call it (the behaviour before service accounts, for a migration)
+    introspect_access: str = "service"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -271,7 +277,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     if key_file and not Path(key_file).is_file():
         raise ConfigError(f"AUTH_JWT_PRIVATE_KEY_FILE: no such file {key_file!r}")
     http_addr = check_addr("AUTH_HTTP_ADDR", env.get("AUTH_HTTP_ADDR") or "127.0.0.1:8080")
+    introspect_access = (env.get("AUTH_INTROSPECT_ACCESS") or "service").strip().lower()
+    if introspect_access not in ("service", "public"):
+        raise ConfigError(f"AUTH_INTROSPECT_ACCESS: expected service or public, got {introspect_access!r}")
     return Settings(
+        introspect_access=introspect_access,
         jwt_algorithm=algorithm,
         jwt_private_key_file=key_file,
         jwt_key_id=env.get("AUTH_JWT_KEY_ID") or None,
@@ -306,6 +316,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         cors_origins=origins,
         refresh_cookie=_bool(env, "AUTH_REFRESH_COOKIE", True),
         grpc_threads=_int(env, "AUTH_GRPC_THREADS", 32, 2, 1024),
+        watch_streams=_int(env, "AUTH_WATCH_STREAMS", 0, 0, 1024),
         hash_concurrency=_int(env, "AUTH_HASH_CONCURRENCY", os.cpu_count() or 2, 1, 256),
         max_message_bytes=_int(env, "AUTH_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
         shutdown_grace=grace,

@@ -1,4 +1,5 @@
-"""The `auth-server` command: serve (default), bridge, and `user set-role` for bootstrapping an admin.
+"""The `auth-server` command: serve (default), bridge, `user set-role` for bootstrapping an admin, and
+`service create|list|rotate|delete` for service accounts (auth_server/domain/services.py).
 
 `serve` runs the gRPC server and the HTTP bridge (auth_server/http) in one process; `bridge` runs
 the bridge alone in front of a gRPC server elsewhere. SIGTERM/SIGINT stop both cleanly (exit 0).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import signal
 import sys
 import threading
@@ -27,6 +29,12 @@ EXIT_UNAVAILABLE = 1
 def _positive(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:  # isdigit() alone accepts "²"
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def _non_negative(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds (0 or more), got {value!r}")
     return int(value)
 
 
@@ -51,6 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     set_role.add_argument("--tenant", help="tenant id (default: AUTH_DEFAULT_TENANT)")
     set_role.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
     set_role.add_argument("--force", action="store_true", help="demote even the tenant's last active admin")
+    service = sub.add_parser("service", help="operator commands on service accounts (callers that are not people)")
+    service_sub = service.add_subparsers(dest="service_command", required=True)
+    create = service_sub.add_parser("create", help="create a service account; prints its client id and secret once")
+    create.add_argument("name")
+    create.add_argument("--tenants", default="", help="comma list of tenants it may call in (default: all)")
+    create.add_argument("--json", action="store_true", help='print {"name", "client_id", "client_secret"}')
+    listing = service_sub.add_parser("list", help="list service accounts (never a secret)")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    rotate = service_sub.add_parser("rotate", help="give a service account a new secret")
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--overlap", type=_non_negative, default=3600, help="seconds the old secret keeps working (default 3600)"
+    )
+    rotate.add_argument("--json", action="store_true", help='print {"name", "client_id", "client_secret"}')
+    delete = service_sub.add_parser("delete", help="delete a service account; its tokens stop working at once")
+    delete.add_argument("name")
+    for command in (create, listing, rotate, delete):
+        command.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
     return parser
 
 
@@ -172,12 +198,128 @@ def set_role(settings: Settings, username: str, role: str, tenant: str | None, f
     return 0
 
 
+def _missing_sqlite(settings: Settings) -> str | None:
+    """The refusal line when the store is a SQLite file that does not exist (opening it would create an
+    empty database, and a server elsewhere would never see what we write)."""
+    from auth_server.infra.config import sqlite_path
+
+    path = sqlite_path(settings.store_uri)
+    if path is None or path.is_file():
+        return None
+    return (
+        f"auth-server: no database at {path.resolve()}: run this where `auth-server serve` runs, "
+        "or name the store with --store / AUTH_STORE"
+    )
+
+
+def _store_location(settings: Settings) -> str:
+    from auth_server.infra.config import sqlite_path
+
+    path = sqlite_path(settings.store_uri)
+    return str(path.resolve()) if path is not None else redact_uri(settings.store_uri)
+
+
+def _account_json(account: object, secret: str | None = None) -> dict[str, object]:
+    from auth_server.domain.services import allowed_tenants, timestamp
+    from auth_server.store.base import ServiceAccount
+
+    assert isinstance(account, ServiceAccount)
+    if secret is not None:
+        return {"name": account.name, "client_id": account.id, "client_secret": secret}
+    return {
+        "name": account.name,
+        "client_id": account.id,
+        "tenants": sorted(allowed_tenants(account)),  # empty: every tenant
+        "created_at": timestamp(account.created_at),
+        "rotated_at": timestamp(account.rotated_at),
+        "previous_secret_valid_until": timestamp(account.previous_valid_until),
+    }
+
+
+def service_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`auth-server service ...`: the secret is needed to hash new secrets as the server checks them."""
+    from auth_server.domain.audit import Audit
+    from auth_server.domain.errors import AuthError
+    from auth_server.domain.services import ServiceAccounts
+    from auth_server.infra.config import load_dev_secret
+    from auth_server.infra.keys import KeyRing
+    from auth_server.store import open_store
+
+    refusal = _missing_sqlite(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_CONFIG
+    where = _store_location(settings)
+    secret = settings.jwt_secret or load_dev_secret(settings.dev_secret_file or "var/auth.db.jwt-secret")
+    store = open_store(settings.store_uri)
+    store.open()
+    try:
+        accounts = ServiceAccounts(store, KeyRing.from_secret(secret), Audit(store), settings.tenants)
+        command = args.service_command
+        try:
+            if command == "create":
+                account, client_secret = accounts.create(args.name, args.tenants.split(","))
+                scope = account.tenants or "all tenants"
+                _print_secret(args.json, account, client_secret, f"created service account {account.name} ({scope})")
+            elif command == "rotate":
+                account, client_secret = accounts.rotate(args.name, args.overlap)
+                until = _account_json(account)["previous_secret_valid_until"]
+                note = f"rotated the secret of {account.name}; the old one works until {until}"
+                _print_secret(args.json, account, client_secret, note)
+            elif command == "delete":
+                account = accounts.delete(args.name)
+                print(f"auth-server: deleted service account {account.name} ({account.id}) from {where}")
+            else:
+                found = accounts.list()
+                if args.json:
+                    print(json.dumps([_account_json(a) for a in found], indent=2))
+                elif not found:
+                    print(f"auth-server: no service accounts in {where}")
+                else:
+                    rows = [["NAME", "CLIENT ID", "TENANTS", "CREATED", "OLD SECRET VALID UNTIL"]]
+                    for a in found:
+                        item = _account_json(a)
+                        tenants = ",".join(item["tenants"]) or "*"  # type: ignore[arg-type]
+                        rows.append(
+                            [
+                                a.name,
+                                a.id,
+                                tenants,
+                                str(item["created_at"]),
+                                str(item["previous_secret_valid_until"]) or "-",
+                            ]
+                        )
+                    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+                    for row in rows:
+                        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        except AuthError as error:
+            detail = "; ".join(v.description for v in error.violations) or error.message
+            print(f"auth-server: {error.reason}: {detail}", file=sys.stderr)
+            return EXIT_UNAVAILABLE if error.reason == "SERVICE_ACCOUNT_NOT_FOUND" else EXIT_CONFIG
+    finally:
+        store.close()
+    return 0
+
+
+def _print_secret(as_json: bool, account: object, client_secret: str, note: str) -> None:
+    if as_json:
+        print(json.dumps(_account_json(account, client_secret)))
+        return
+    item = _account_json(account, client_secret)
+    print(f"auth-server: {note}")
+    print(f"client_id:     {item['client_id']}")
+    print(f"client_secret: {item['client_secret']}")
+    print("The secret is shown only now: keep it in your secret store.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "user":
             settings = load_settings(store=args.store)
             return set_role(settings, args.username, args.role, args.tenant, args.force)
+        if args.command == "service":
+            return service_command(load_settings(store=args.store), args)
         if args.command == "bridge":
             return bridge(load_settings(http_addr=args.http_addr), args.upstream)
         settings = load_settings(

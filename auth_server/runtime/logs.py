@@ -85,8 +85,11 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that formats outside its lock: 32 pool threads queue only for the write itself."""
 
     def handle(self, record: logging.LogRecord) -> bool:
-        if not self.filter(record):
+        kept = self.filter(record)
+        if not kept:
             return False
+        if isinstance(kept, logging.LogRecord):  # Python 3.12+: a filter may hand back a changed record
+            record = kept
         try:
             line = self.format(record) + self.terminator
         except Exception:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from auth_server.store.base import AuditEvent, Counter, LoginChallenge, Session, User
+from auth_server.store.base import AuditEvent, Counter, LoginChallenge, Revocation, ServiceAccount, Session, User
 
 # The kinds a field can hold; each adapter maps them to its own storage types.
 KINDS: dict[type, str] = {str: "str", int: "int", bool: "bool", bytes: "bytes", datetime: "datetime"}
@@ -47,6 +47,8 @@ SESSION = _spec(Session)
 CHALLENGE = _spec(LoginChallenge)
 EVENT = _spec(AuditEvent)
 COUNTER = _spec(Counter)
+SERVICE_ACCOUNT = _spec(ServiceAccount)
+REVOCATION = _spec(Revocation)
 
 
 def _check_value(spec: RecordSpec, name: str, value: Any) -> None:

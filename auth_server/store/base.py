@@ -107,6 +107,24 @@ class Counter:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A platform-wide caller that is not a person (another service, a batch job).
+
+    Kept outside the tenant databases: `tenants` restricts where it may call. Only keyed hashes of its
+    secrets are stored; after a rotation the previous secret keeps working until `previous_valid_until`.
+    """
+
+    id: str  # the client id handed to the operator
+    name: str  # unique across the platform; what access rules name
+    tenants: str  # comma-separated tenant ids it may call in; "" = every tenant
+    secret_hash: bytes  # keyed hash of the current secret
+    created_at: datetime
+    rotated_at: datetime | None = None  # when the current secret replaced the previous one
+    previous_secret_hash: bytes | None = None  # the secret before the last rotation
+    previous_valid_until: datetime | None = None  # the previous secret (and tokens it got) die then
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     id: str  # time-ordered, so newest-first paging is by id
     type: str  # "login.failed", "session.revoked", ...
@@ -115,6 +133,23 @@ class AuditEvent:
     ip_address: str
     created_at: datetime
     details: str  # a JSON object of strings; never a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One entry of a tenant's append-only revocation log: a change that can turn live tokens dead.
+
+    `seq` is assigned by the store when the entry is appended and orders the log: an entry that becomes
+    visible never has a smaller seq than one already visible, so a reader that resumes after the
+    largest seq it has seen never skips one (see each adapter's append_revocation).
+    """
+
+    seq: int  # 0 until appended
+    kind: str  # "session_revoked", "user_sessions_revoked", "password_changed", "user_locked", ...
+    at: datetime
+    session_id: str = ""
+    user_id: str = ""
+    service_account_id: str = ""
 
 
 def replace(record: Any, **changes: Any) -> Any:
@@ -250,3 +285,36 @@ class Store(Protocol):
         self, tenant: str, before_id: str | None, limit: int, user_id: str | None = None
     ) -> list[AuditEvent]:
         """Newest first: events with id < before_id (all when None), only `user_id`'s when given."""
+
+    # service accounts: platform-wide, no tenant argument (kept apart from every tenant's data)
+    def create_service_account(self, account: ServiceAccount) -> None:
+        """Insert; DuplicateKey("name") when the name is taken ("id" if the id is)."""
+
+    def get_service_account(self, account_id: str) -> ServiceAccount | None: ...
+
+    def find_service_account(self, name: str) -> ServiceAccount | None: ...
+
+    def list_service_accounts(self) -> list[ServiceAccount]:
+        """Every service account, ordered by name."""
+
+    def update_service_account(
+        self,
+        account_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> ServiceAccount | None: ...
+
+    def delete_service_account(self, account_id: str) -> bool:
+        """Delete it; False when there was none."""
+
+    # revocation log (append-only, per tenant): what WatchRevocations streams
+    def append_revocation(self, tenant: str, revocation: Revocation) -> Revocation:
+        """Append; return the entry with its seq, greater than that of every entry visible before it."""
+
+    def list_revocations(self, tenant: str, after_seq: int, limit: int) -> list[Revocation]:
+        """The tenant's entries with seq > after_seq, oldest first, at most limit."""
+
+    def last_revocation_seq(self, tenant: str) -> int:
+        """The largest seq in the tenant's log (0 when empty): where a watch "from now" starts."""

@@ -38,6 +38,8 @@ from auth_server.store._fields import (
     CHALLENGE,
     COUNTER,
     EVENT,
+    REVOCATION,
+    SERVICE_ACCOUNT,
     SESSION,
     USER,
     RecordSpec,
@@ -49,9 +51,12 @@ from auth_server.store.base import (
     Counter,
     DuplicateKey,
     LoginChallenge,
+    Revocation,
+    ServiceAccount,
     Session,
     StoreUnavailable,
     User,
+    replace,
 )
 
 _log = logging.getLogger(__name__)
@@ -59,6 +64,9 @@ _log = logging.getLogger(__name__)
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _BAD_DB_CHARS = re.compile(r'[/\\. "$\x00]')
 _DEFAULT_PREFIX = "auth_"
+# Platform-wide records (service accounts) live in `<prefix>_platform`: a tenant id never starts with
+# "_", so no tenant's database can have this name.
+_PLATFORM_SUFFIX = "_platform"
 _MAX_DB_NAME = 63  # bytes; MongoDB refuses longer database names
 _MAX_PREFIX = 30  # leaves room for a recognisable piece of the tenant id beside its hash
 # Fail fast when the server is away (a login should not hang), but let a slow query finish.
@@ -158,6 +166,7 @@ class _Tenant:
     challenges: Collection[dict[str, Any]]
     events: Collection[dict[str, Any]]
     counters: Collection[dict[str, Any]]
+    revocations: Collection[dict[str, Any]]
     prepared: bool = False
 
 
@@ -176,6 +185,11 @@ class MongoStore:
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
         self._write_lock: threading.Lock | None = None  # set when the server is FerretDB (see above)
+        self._platform: Collection[dict[str, Any]] | None = None  # service accounts, indexed once
+
+    def platform_database(self) -> str:
+        """The database of platform-wide records (service accounts), outside every tenant's."""
+        return self._prefix + _PLATFORM_SUFFIX
 
     def database_for(self, tenant: str) -> str:
         """The name of the tenant's database (for operators and test clean-up)."""
@@ -213,6 +227,7 @@ class MongoStore:
         with self._lock:
             client, self._client = self._client, None
             self._tenants.clear()
+            self._platform = None
         if client is not None:
             client.close()
 
@@ -238,7 +253,12 @@ class MongoStore:
             if handles is None:
                 db = self._client[self.database_for(tenant)]
                 handles = _Tenant(
-                    db["users"], db["sessions"], db["login_challenges"], db["audit_events"], db["counters"]
+                    db["users"],
+                    db["sessions"],
+                    db["login_challenges"],
+                    db["audit_events"],
+                    db["counters"],
+                    db["revocations"],
                 )
                 self._tenants[tenant] = handles
         if not handles.prepared:
@@ -455,6 +475,105 @@ class MongoStore:
             query["user_id"] = user_id
         cursor = self._tenant(tenant).events.find(query).sort("_id", DESCENDING).limit(limit)
         return [_record(EVENT, document) for document in cursor]
+
+    # -- service accounts (platform-wide) ---------------------------------------------------------
+
+    def _service_accounts(self) -> Collection[dict[str, Any]]:
+        with self._lock:
+            if self._client is None:
+                raise StoreUnavailable("the MongoDB store is not open")
+            collection = self._platform
+            if collection is not None:
+                return collection
+            collection = self._client[self.platform_database()]["service_accounts"]
+        collection.create_index("name", unique=True, name="name_unique")  # idempotent
+        with self._lock:
+            self._platform = collection
+        return collection
+
+    @_unavailable_on_connection_failure
+    def create_service_account(self, account: ServiceAccount) -> None:
+        check_record(SERVICE_ACCOUNT, account)
+        accounts = self._service_accounts()
+        try:
+            with self._writing():
+                accounts.insert_one(_document(SERVICE_ACCOUNT, account))
+        except DuplicateKeyError:
+            # Which key: FerretDB 1.24 does not say, so look for the name (the insert failed, so one is there).
+            taken = accounts.find_one({"name": account.name}, projection={"_id": 1})
+            raise DuplicateKey("name" if taken is not None else "id") from None
+
+    @_unavailable_on_connection_failure
+    def get_service_account(self, account_id: str) -> ServiceAccount | None:
+        return _record(SERVICE_ACCOUNT, self._service_accounts().find_one({"_id": account_id}))
+
+    @_unavailable_on_connection_failure
+    def find_service_account(self, name: str) -> ServiceAccount | None:
+        return _record(SERVICE_ACCOUNT, self._service_accounts().find_one({"name": name}))
+
+    @_unavailable_on_connection_failure
+    def list_service_accounts(self) -> list[ServiceAccount]:
+        cursor = self._service_accounts().find({}).sort("name", ASCENDING)
+        return [_record(SERVICE_ACCOUNT, document) for document in cursor]
+
+    @_unavailable_on_connection_failure
+    def update_service_account(
+        self,
+        account_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> ServiceAccount | None:
+        return self._update(self._service_accounts(), SERVICE_ACCOUNT, account_id, set, inc, expect)
+
+    @_unavailable_on_connection_failure
+    def delete_service_account(self, account_id: str) -> bool:
+        with self._writing():
+            result = self._service_accounts().delete_one({"_id": account_id})
+        return result.deleted_count > 0
+
+    # -- revocation log (per tenant, append-only) ------------------------------------------------
+    # `_id` is the seq: the largest one plus one, inserted with _id's unique index deciding between
+    # concurrent appenders (the loser reads again and takes the next). Seq N is inserted only after its
+    # writer saw N-1 committed, so the visible log is always a gap-free prefix and a reader resuming after
+    # the largest seq it saw skips nothing, across any number of replicas. Unique inserts are exact on
+    # FerretDB too, unlike $inc on a counter document (docs/DESIGN section 4), hence not a counter.
+
+    @_unavailable_on_connection_failure
+    def append_revocation(self, tenant: str, revocation: Revocation) -> Revocation:
+        check_record(REVOCATION, revocation)
+        log = self._tenant(tenant).revocations
+        document = {name: getattr(revocation, name) for name in REVOCATION.names if name != "seq"}
+        for _ in range(_MAX_APPEND_ATTEMPTS):
+            last = log.find_one({}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
+            seq = (last["_id"] if last else 0) + 1
+            try:
+                with self._writing():
+                    log.insert_one({"_id": seq, **document})
+            except DuplicateKeyError:
+                continue  # another writer took this seq: read the new end and try the next
+            return replace(revocation, seq=seq)
+        raise StoreUnavailable("revocation log: too many concurrent appends")
+
+    @_unavailable_on_connection_failure
+    def list_revocations(self, tenant: str, after_seq: int, limit: int) -> list[Revocation]:
+        if limit <= 0:
+            return []
+        cursor = self._tenant(tenant).revocations.find({"_id": {"$gt": after_seq}}).sort("_id", ASCENDING).limit(limit)
+        return [
+            Revocation(seq=doc["_id"], **{name: doc[name] for name in REVOCATION.names if name != "seq"})
+            for doc in cursor
+        ]
+
+    @_unavailable_on_connection_failure
+    def last_revocation_seq(self, tenant: str) -> int:
+        last = self._tenant(tenant).revocations.find_one({}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
+        return int(last["_id"]) if last else 0
+
+
+# Attempts at appending one revocation when other writers keep taking the next seq (each retry reads anew).
+_MAX_APPEND_ATTEMPTS = 50
 
 
 def _create_indexes(handles: _Tenant) -> None:

@@ -5,10 +5,18 @@ and every statement filters on it. The file runs in WAL mode so readers never wa
 grpcio's sync server calls from a pool of threads, so each thread gets its own connection, in
 autocommit mode: every method is a single statement, and a conditional update is one
 `UPDATE ... WHERE <expectations> RETURNING ...`, atomic under SQLite's single-writer lock.
-Writers of one process take turns on a lock of their own before they ask SQLite for its write lock:
-SQLite's busy handler retries by sleeping (up to 100 ms a try), so 30 threads contending for the
-write lock left unlucky ones starving past the busy timeout ("database is locked", issue 15), while
-a queue in front of it hands the lock on as soon as it is free. The busy timeout still covers other
+
+Writes go through one writer thread per process (issue 15). With every pool thread writing for itself,
+SQLite's busy handler, which retries a blocked writer by sleeping (up to 100 ms a try), let unlucky
+writers starve past the busy timeout under load ("database is locked": STORE_UNAVAILABLE), and each
+write paid its own commit (an fsync). The writer thread takes whatever writes are queued (at most
+_MAX_BATCH), runs them one after the other in one transaction, commits once, and only then answers
+each caller: the same statements in the same serial order, each as atomic as before (a constraint
+failure undoes its own statement only), durable when the call returns, one fsync per batch. Measured
+with 50 refresh chains (scripts/bench scenario 5): 1.5x the refresh rate of thread-per-writer, p99
+1.2 s -> 0.15 s, no failures; a lock in front of the threads' own writes instead gave no failures but
+0.8x the rate (each holder needed the GIL back before it could hand the lock on). Reads stay on the
+calling thread's connection and never wait for the writer (WAL). The busy timeout still covers other
 processes on the same file (`--workers`, replicas).
 
 Datetimes are stored as integer milliseconds since the epoch (UTC), bytes as BLOBs, bools as 0/1.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sqlite3
 import threading
 import weakref
@@ -32,6 +41,8 @@ from auth_server.store._fields import (
     CHALLENGE,
     COUNTER,
     EVENT,
+    REVOCATION,
+    SERVICE_ACCOUNT,
     SESSION,
     USER,
     RecordSpec,
@@ -43,20 +54,25 @@ from auth_server.store.base import (
     Counter,
     DuplicateKey,
     LoginChallenge,
+    Revocation,
+    ServiceAccount,
     Session,
     StoreUnavailable,
     User,
+    replace,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "bytes": "BLOB", "datetime": "INTEGER"}
-# Seconds a writer waits for the write lock before the call fails as unavailable (once for its turn
-# among this process's writers, once for SQLite's own lock against other processes).
+# Seconds the writer thread waits for SQLite's write lock (held by another process) before the writes
+# it holds fail as unavailable.
 _BUSY_TIMEOUT_S = 5.0
 # Primary result codes meaning "the database cannot be used right now" rather than a bug in a query:
 # BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
 _UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+# Most writes one commit of the writer thread carries (the pool has 32 threads; a few calls write twice).
+_MAX_BATCH = 64
 
 
 def _encode(kind: str, value: Any) -> Any:
@@ -123,17 +139,32 @@ _SESSIONS = _Table("sessions", SESSION)
 _CHALLENGES = _Table("login_challenges", CHALLENGE)
 _EVENTS = _Table("audit_events", EVENT)
 _COUNTERS = _Table("counters", COUNTER)
-_TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS, _COUNTERS)
+_SERVICE_ACCOUNTS = _Table("service_accounts", SERVICE_ACCOUNT)
+_TABLES = (_USERS, _SESSIONS, _CHALLENGES, _EVENTS, _COUNTERS, _SERVICE_ACCOUNTS)
+# The `tenant` key of platform-wide records (service accounts): no tenant id can start with "_".
+_PLATFORM = "_platform"
 
 _HEARTBEAT = "CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
+# The revocation log of every tenant. `seq` is assigned by SQLite inside the INSERT, under the file's
+# single write lock, so seqs are handed out in commit order across every process on the file: an entry
+# that becomes visible never has a smaller seq than one already visible (a reader resuming after the
+# largest seq it saw skips nothing). AUTOINCREMENT: a seq is never reused, even after a delete.
+_REVOCATIONS = (
+    "CREATE TABLE IF NOT EXISTS revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL,"
+    " kind TEXT NOT NULL, at INTEGER NOT NULL, session_id TEXT NOT NULL, user_id TEXT NOT NULL,"
+    " service_account_id TEXT NOT NULL)"
+)
 _SCHEMA = (
     *(table.ddl() for table in _TABLES),
     _HEARTBEAT,
+    _REVOCATIONS,
+    "CREATE INDEX IF NOT EXISTS revocations_tenant ON revocations (tenant, seq)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_username ON users (tenant, username)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (tenant, email)",
     "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS login_challenges_user ON login_challenges (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (tenant, user_id, id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS service_accounts_name ON service_accounts (tenant, name)",
 )
 
 _SESSION_AND_USER = (
@@ -156,6 +187,20 @@ def _is_unavailable(exc: sqlite3.Error) -> bool:
     )
 
 
+class _Write:
+    """One write statement handed to the writer thread, and its outcome."""
+
+    __slots__ = ("done", "error", "params", "rowcount", "rows", "sql")
+
+    def __init__(self, sql: str, params: Sequence[Any]) -> None:
+        self.sql = sql
+        self.params = params
+        self.done = threading.Event()
+        self.rows: list[Any] = []
+        self.rowcount = -1
+        self.error: BaseException | None = None
+
+
 class SqliteStore:
     """The Store protocol over one SQLite file shared by all tenants."""
 
@@ -164,7 +209,8 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()  # one writer of this process at a time (module docstring)
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None  # started by the first write (module docstring)
         # Connections of live threads, so close() can close them all; a thread's connection is
         # closed by garbage collection when the thread ends, hence weak references.
         self._connections: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
@@ -198,6 +244,11 @@ class SqliteStore:
             self._open = False
             self._generation += 1
             connections, self._connections = list(self._connections), weakref.WeakSet()
+            writes, self._writes = self._writes, queue.SimpleQueue()
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writes.put(None)  # the writer finishes what it holds, fails what is left, and ends
+            writer.join(self._busy_timeout + 5)
         for conn in connections:
             conn.close()
 
@@ -248,7 +299,7 @@ class SqliteStore:
     def _ensure_schema(conn: sqlite3.Connection) -> None:
         # Checked on every new connection, not only in open(): a file that was missing or unusable
         # comes back empty, and the store must recover by itself once it can write there again.
-        names = [*(t.name for t in _TABLES), "heartbeat"]
+        names = [*(t.name for t in _TABLES), "heartbeat", "revocations"]
         (found,) = conn.execute(
             f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})",  # noqa: S608
             names,
@@ -268,10 +319,10 @@ class SqliteStore:
 
     def _execute(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], int]:
         """Run one statement; return its rows and rowcount, or raise StoreUnavailable."""
-        # Every read this adapter makes is a SELECT; anything else writes and waits for its turn.
-        write = not sql.startswith("SELECT")
-        if write and not self._write_lock.acquire(timeout=self._busy_timeout):
-            raise StoreUnavailable(f"SQLite database {self._path}: no turn to write within {self._busy_timeout:g} s")
+        # Every read this adapter makes is a SELECT; anything else goes to the writer thread, unless
+        # the caller runs its own transaction on its connection (bulk loads: scripts/bench).
+        if not sql.startswith("SELECT") and not self._in_own_transaction():
+            return self._write(sql, params)
         try:
             cursor = self._connection().execute(sql, params)
             # fetchall() steps the statement to its end, which ends its implicit transaction; a
@@ -284,9 +335,87 @@ class SqliteStore:
             # The connection may be wedged (file gone, disk replaced): the next call starts afresh.
             self._drop_connection()
             raise StoreUnavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
+
+    def _in_own_transaction(self) -> bool:
+        held = getattr(self._local, "held", None)
+        return held is not None and held[0] == self._generation and held[1].in_transaction
+
+    def _write(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], int]:
+        """Hand a write to the writer thread and wait until its transaction committed (or failed)."""
+        job = _Write(sql, params)
+        with self._lock:
+            if not self._open:
+                raise StoreUnavailable("the SQLite store is closed")
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, args=(self._writes,), name="sqlite-writer", daemon=True
+                )
+                self._writer.start()
+            self._writes.put(job)
+        # The writer answers every job, within a busy timeout per commit; the bound is for a disk that hangs.
+        if not job.done.wait(4 * self._busy_timeout + 5):
+            raise StoreUnavailable(f"SQLite database {self._path}: the write was not done in time")
+        if job.error is not None:
+            raise job.error
+        return job.rows, job.rowcount
+
+    def _write_loop(self, writes: queue.SimpleQueue[_Write | None]) -> None:
+        """The writer thread: take what is queued, run it in one transaction, answer each caller."""
+        while True:
+            job = writes.get()
+            batch: list[_Write] = []
+            while job is not None:
+                batch.append(job)
+                if len(batch) >= _MAX_BATCH:
+                    break
+                try:
+                    job = writes.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+            if job is None:  # close(): fail whatever came in after it, and end
+                while True:
+                    try:
+                        late = writes.get_nowait()
+                    except queue.Empty:
+                        return
+                    if late is not None:
+                        late.error = StoreUnavailable("the SQLite store is closed")
+                        late.done.set()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        """One transaction for the batch: one commit (one fsync) however many writes it holds."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connection()
+            if len(batch) > 1:
+                conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                try:
+                    cursor = conn.execute(job.sql, job.params)
+                    job.rows, job.rowcount = cursor.fetchall(), cursor.rowcount
+                except sqlite3.Error as exc:
+                    if _is_unavailable(exc):
+                        raise
+                    # A constraint failure undoes its own statement only; the transaction goes on.
+                    job.error = exc
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn is not None and conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
+                self._drop_connection()  # the writer's own: the next batch starts afresh
+            for job in batch:  # nothing of the batch was committed
+                job.error = StoreUnavailable(f"SQLite database {self._path} unavailable: {exc}")
+                job.error.__cause__ = exc
         finally:
-            if write:
-                self._write_lock.release()
+            for job in batch:
+                job.done.set()
 
     # -- shared statement builders -------------------------------------------------------------
 
@@ -502,3 +631,68 @@ class SqliteStore:
             condition, params = condition + " AND user_id = ?", [*params, user_id]
         rows, _ = self._execute(_EVENTS.select(condition + " ORDER BY id DESC LIMIT ?"), [*params, limit])
         return [_EVENTS.decode(row) for row in rows]
+
+    # -- service accounts (platform-wide: one fixed key in the tenant column) ----------------------
+
+    def create_service_account(self, account: ServiceAccount) -> None:
+        try:
+            self._insert(_SERVICE_ACCOUNTS, _PLATFORM, account)
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateKey("name" if str(exc).endswith(".name") else "id") from exc
+
+    def get_service_account(self, account_id: str) -> ServiceAccount | None:
+        return self._get(_SERVICE_ACCOUNTS, _PLATFORM, account_id)
+
+    def find_service_account(self, name: str) -> ServiceAccount | None:
+        rows, _ = self._execute(_SERVICE_ACCOUNTS.select("tenant = ? AND name = ?"), (_PLATFORM, name))
+        return _SERVICE_ACCOUNTS.decode(rows[0]) if rows else None
+
+    def list_service_accounts(self) -> list[ServiceAccount]:
+        rows, _ = self._execute(_SERVICE_ACCOUNTS.select("tenant = ? ORDER BY name"), (_PLATFORM,))
+        return [_SERVICE_ACCOUNTS.decode(row) for row in rows]
+
+    def update_service_account(
+        self,
+        account_id: str,
+        *,
+        set: dict[str, Any] | None = None,
+        inc: dict[str, int] | None = None,
+        expect: dict[str, Any] | None = None,
+    ) -> ServiceAccount | None:
+        return self._update(_SERVICE_ACCOUNTS, _PLATFORM, account_id, set, inc, expect)
+
+    def delete_service_account(self, account_id: str) -> bool:
+        _, count = self._execute("DELETE FROM service_accounts WHERE tenant = ? AND id = ?", (_PLATFORM, account_id))
+        return count > 0
+
+    # -- revocation log (per tenant, append-only) ------------------------------------------------
+
+    def append_revocation(self, tenant: str, revocation: Revocation) -> Revocation:
+        check_record(REVOCATION, revocation)
+        rows, _ = self._execute(
+            "INSERT INTO revocations (tenant, kind, at, session_id, user_id, service_account_id)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                tenant,
+                revocation.kind,
+                _encode("datetime", revocation.at),
+                revocation.session_id,
+                revocation.user_id,
+                revocation.service_account_id,
+            ),
+        )
+        return replace(revocation, seq=int(rows[0][0]))
+
+    def list_revocations(self, tenant: str, after_seq: int, limit: int) -> list[Revocation]:
+        if limit <= 0:
+            return []
+        rows, _ = self._execute(
+            "SELECT seq, kind, at, session_id, user_id, service_account_id FROM revocations"
+            " WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (tenant, after_seq, limit),
+        )
+        return [Revocation(seq, kind, _to_datetime(at), sid, uid, said) for seq, kind, at, sid, uid, said in rows]
+
+    def last_revocation_seq(self, tenant: str) -> int:
+        rows, _ = self._execute("SELECT max(seq) FROM revocations WHERE tenant = ?", (tenant,))
+        return int(rows[0][0] or 0)

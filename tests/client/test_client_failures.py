@@ -35,7 +35,7 @@ from auth_client import (
     Unauthenticated,
     Unavailable,
 )
-from auth_client.client import DEFAULT_TIMEOUT
+from auth_client.client import DEFAULT_TIMEOUT, WATCH_REVOCATIONS
 from auth_client.gen.auth.v1 import admin_pb2, auth_pb2
 from auth_server.api.rpc_errors import to_status_proto
 from auth_server.domain.errors import AuthError, Code, FieldViolation, validation_failed
@@ -348,7 +348,9 @@ def grpc_details(method: str, metadata: Any) -> Any:
 
 
 def test_the_table_covers_the_contract() -> None:
-    contract = {_path(m) for service in (AUTH, ADMIN) for m in service.methods}
+    contract = {_path(m) for service in (AUTH, ADMIN) for m in service.methods if not m.server_streaming}
+    assert {_path(m) for m in AUTH.methods if m.server_streaming} == {WATCH_REVOCATIONS}
+    assert callable(AuthClient.watch_revocations) and asyncio.iscoroutinefunction(AsyncAuthClient.watch_revocations)
     assert {rpc.path for rpc in RPCS.values()} == contract
     for rpc in RPCS.values():
         assert callable(getattr(AuthClient, rpc.name)) and asyncio.iscoroutinefunction(
@@ -357,6 +359,7 @@ def test_the_table_covers_the_contract() -> None:
     retried = {rpc.path.rpartition("/")[2] for rpc in RPCS.values() if rpc.idempotent}
     assert retried == {
         "Introspect",
+        "IssueServiceToken",  # another token is as good as the first
         "GetMe",
         "ListSessions",
         "ListUsers",

@@ -1,8 +1,10 @@
 """An internal service protected by the client package's guard, against the REAL auth server.
 
-`example.v1.Orders` is defined here, the way another team would: ListOrders (authenticated),
-CancelOrder (admin), Ping (public) and Unlisted (served, but no rule: must be denied). Callers send
-their token with the client package's metadata interceptor; the guard asks the auth server's Introspect.
+`example.v1.Orders` is defined here without a .proto, so its rules take the dict form: ListOrders
+(authenticated), CancelOrder (admin), Ping (public) and Unlisted (served, but not declared to the guard:
+must be denied at call time). Callers send their token with the client package's metadata interceptor;
+the guard asks the auth server's Introspect. Rules read from a service's own proto:
+test_guard_proto_rules.py.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ RULES: dict[str, Any] = {
     f"/{ORDERS}/Ping": "public",
     # Unlisted is served but has no rule on purpose.
 }
+# What the guard is told is served: the dict's keys are checked against it at start-up. Unlisted is left
+# out on purpose, as a servicer someone forgot to declare: the guard cannot refuse to start over it, so
+# it must be denied at call time.
+SERVED = [f"/{ORDERS}/{name}" for name in ("ListOrders", "CancelOrder", "Ping")]
 TTL = 5.0
 
 
@@ -131,7 +137,7 @@ def make_orders() -> Iterator[Callable[..., Orders]]:
         auth = CountingAuthClient(auth_target, retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.02))
         clients.append(auth)
         clock = FakeClock()
-        guard = Guard(RULES, auth, clock=clock, **{"cache_ttl": TTL, **guard_options})
+        guard = Guard(RULES, auth, services=SERVED, clock=clock, **{"cache_ttl": TTL, **guard_options})
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=[guard])
         server.add_generic_rpc_handlers((orders_handler(),))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -304,7 +310,7 @@ def test_async_guard_with_async_interceptor(client: Client) -> None:
 
     async def scenario() -> None:
         auth = AsyncAuthClient(client.addr)
-        guard = AsyncGuard(RULES, auth, cache_ttl=TTL)
+        guard = AsyncGuard(RULES, auth, services=SERVED, cache_ttl=TTL)
         server = grpc.aio.server(interceptors=[guard])
         server.add_generic_rpc_handlers((async_orders_handler(),))
         port = server.add_insecure_port("127.0.0.1:0")

@@ -1,9 +1,10 @@
 """The guard example of clients/python/README.md, run as written against the real auth server.
 
-The README's orders.proto, its `grpc_tools.protoc` command, its `orders_server.py` and `orders_client.py`
-are copied out of the README into a fresh directory, generated, started and called, so the example
-cannot drift from the package: ListOrders answers the signed-in user, Ping needs no token, CancelOrder
-needs an admin, and a token whose session was revoked gets SESSION_REVOKED (as the README says).
+The README's orders.proto (with its `(auth.v1.access)` rules), its `auth_client.protoc` command, its
+`orders_server.py` and `orders_client.py` are copied out of the README into a fresh directory,
+generated, started and called, so the example cannot drift from the package: the guard reads the rules
+from the proto, ListOrders answers the signed-in user, Ping needs no token, CancelOrder needs an admin,
+and a token whose session was revoked gets SESSION_REVOKED (as the README says).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -49,16 +50,27 @@ def example(tmp_path: Path) -> Path:
     proto = tmp_path / PROTO_PATH
     proto.parent.mkdir(parents=True)
     proto.write_text(_block("proto", "service Orders"))
-    (command,) = [line for line in _block("sh", "grpc_tools.protoc").splitlines() if line.strip()]
-    assert command.startswith("python -m grpc_tools.protoc ")
+    (command,) = [line for line in _block("sh", "auth_client.protoc").splitlines() if line.strip()]
+    assert command.startswith("python -m auth_client.protoc ")
     generated = subprocess.run(
         [sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
     assert generated.returncode == 0, f"{command}\n{generated.stdout}{generated.stderr}"
     assert (tmp_path / "example" / "v1" / "orders_pb2_grpc.py").is_file()
+    # the shipped access_pb2, so the option is registered when the server reads the rules
+    assert (
+        "from auth_client.gen.auth.v1 import access_pb2" in (tmp_path / "example" / "v1" / "orders_pb2.py").read_text()
+    )
     (tmp_path / "orders_server.py").write_text(_block("python", "class Orders(orders_pb2_grpc.OrdersServicer)"))
     (tmp_path / "orders_client.py").write_text(_block("python", "OrdersStub(channel)"))
     return tmp_path
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    # The README's guard introspects without credentials of its own, which the auth service allows only
+    # with its migration setting; a guard holding service credentials is issue 12's other part.
+    return make_client(AUTH_INTROSPECT_ACCESS="public")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from tests.support.process import ServerProcess
 
 PASSWORD = "correct horse battery"
 SECRET = "integration-test-secret-that-is-long-enough"
+TENANTS = frozenset({"default", "acme"})  # AUTH_TENANTS of the test servers
 
 
 @pytest.fixture
@@ -78,6 +79,22 @@ class Client:
         user = self.store.find_user("default", username)
         self.store.update_user("default", user.id, set={"role": "admin"})
         return self.sign_in(username).access_token
+
+    def create_service(self, name: str, tenants: str = "") -> tuple[str, str]:
+        """A service account made as `auth-server service create` makes it; its (client id, secret)."""
+        from auth_server.domain.audit import Audit
+        from auth_server.domain.services import ServiceAccounts
+        from auth_server.infra.keys import KeyRing
+
+        accounts = ServiceAccounts(self.store, KeyRing.from_secret(SECRET.encode()), Audit(self.store), TENANTS)
+        account, secret = accounts.create(name, tenants.split(","))
+        return account.id, secret
+
+    def service_token(self, name: str = "probe", tenants: str = "", tenant: str | None = None) -> str:
+        """A new service account's token (IssueServiceToken), e.g. for Introspect."""
+        client_id, secret = self.create_service(name, tenants)
+        request = auth_pb2.IssueServiceTokenRequest(client_id=client_id, client_secret=secret)
+        return self.auth.IssueServiceToken(request, metadata=md(tenant=tenant)).access_token
 
     def code_for(self, username: str) -> str:
         address = f"{username}@example.com"

@@ -179,7 +179,9 @@ def test_refreshing_never_keeps_a_session_past_its_max_lifetime(make_client: Any
         fails(client.auth.Refresh, auth_pb2.RefreshRequest(refresh_token=refreshed.refresh_token)),
     ):
         assert (seen.code, seen.reason) == (UNAUTHENTICATED, "SESSION_EXPIRED")
-    introspected = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=refreshed.access_token))
+    introspected = client.auth.Introspect(
+        auth_pb2.IntrospectRequest(access_token=refreshed.access_token), metadata=md(client.service_token())
+    )
     assert not introspected.active and introspected.inactive_reason == "SESSION_EXPIRED"
     stored = client.store.get_session("default", tokens.session_id)
     assert stored.refresh_generation == 1 and stored.revoked_at is None  # the refused Refresh rotated nothing

@@ -326,14 +326,15 @@ def test_the_last_admin_cannot_lock_or_demote_themselves(client: Client) -> None
 def test_introspect_answers_for_live_and_dead_tokens(client: Client) -> None:
     client.signup("intro")
     tokens = client.sign_in("intro")
-    live = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token))
+    service = md(client.service_token())  # Introspect is for service callers (AUTH_INTROSPECT_ACCESS)
+    live = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token), metadata=service)
     assert live.active and live.user.username == "intro" and live.session_id == tokens.session_id
     assert live.expires_at.seconds == tokens.access_token_expires_at.seconds
     assert live.tenant_id == "default"
     client.auth.LogoutAll(auth_pb2.LogoutAllRequest(), metadata=md(tokens.access_token))
-    dead = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token))
+    dead = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token=tokens.access_token), metadata=service)
     assert not dead.active and not dead.HasField("user") and dead.inactive_reason == "SESSION_REVOKED"
-    garbage = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token="garbage"))
+    garbage = client.auth.Introspect(auth_pb2.IntrospectRequest(access_token="garbage"), metadata=service)
     assert not garbage.active and garbage.inactive_reason == "TOKEN_INVALID"
 
 

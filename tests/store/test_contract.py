@@ -562,3 +562,136 @@ def test_delete_counters_by_literal_prefix(store: Store, tenant: str, other_tena
     assert store.get_counter(other_tenant, "pair:a_b:1") is not None
     with pytest.raises(ValueError, match="prefix"):
         store.delete_counters(tenant, "")
+
+
+# -- service accounts (platform-wide) ------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def platform_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store of its own: service accounts are platform-wide, so on MongoDB a fresh database prefix."""
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path}/auth.db"
+    else:
+        uri = request.getfixturevalue("mongodb_uri").rstrip("/") + f"/p{secrets.token_hex(4)}"
+    opened = open_store(uri)
+    opened.open()
+    yield opened
+    opened.close()
+    if isinstance(opened, MongoStore):
+        with MongoClient(uri) as client:
+            client.drop_database(opened.platform_database())
+
+
+def _account(name: str, **fields: Any) -> Any:
+    from auth_server.store.base import ServiceAccount
+
+    values: dict[str, Any] = {"tenants": "", "secret_hash": secrets.token_bytes(32), "created_at": utcnow()}
+    return ServiceAccount(id=new_id(), name=name, **(values | fields))
+
+
+def test_service_accounts_round_trip_and_stay_out_of_tenants(platform_store: Store) -> None:
+    now = utcnow()
+    orders = _account(
+        "orders",
+        tenants="acme,beta",
+        rotated_at=now,
+        previous_secret_hash=b"\x00" * 32,
+        previous_valid_until=now + timedelta(hours=1),
+    )
+    billing = _account("billing")
+    platform_store.create_service_account(orders)
+    platform_store.create_service_account(billing)
+    assert platform_store.get_service_account(orders.id) == orders
+    assert platform_store.find_service_account("orders") == orders
+    assert platform_store.find_service_account("nobody") is None
+    assert platform_store.get_service_account("missing") is None
+    assert [a.name for a in platform_store.list_service_accounts()] == ["billing", "orders"]
+    # Not a tenant's record: no tenant sees it (SQLite keys it "_platform", MongoDB keeps it in
+    # "<prefix>_platform"; neither can be a tenant id).
+    assert platform_store.list_users("default", None, 10) == []
+    if isinstance(platform_store, MongoStore):
+        # "<prefix>_" + "_platform": the name a tenant "_platform" would get, which is no valid tenant id.
+        assert platform_store.platform_database() != platform_store.database_for("platform")
+        with pytest.raises(ValueError):
+            platform_store.database_for("_platform")
+
+
+def test_service_account_names_and_ids_are_unique(platform_store: Store) -> None:
+    first = _account("orders")
+    platform_store.create_service_account(first)
+    with pytest.raises(DuplicateKey) as name:
+        platform_store.create_service_account(_account("orders"))
+    assert name.value.field == "name"
+    with pytest.raises(DuplicateKey) as key:
+        platform_store.create_service_account(replace(first, name="other"))
+    assert key.value.field == "id"
+    assert len(platform_store.list_service_accounts()) == 1
+
+
+def test_service_account_update_is_conditional_and_delete_is_final(platform_store: Store) -> None:
+    account = _account("orders")
+    platform_store.create_service_account(account)
+    now = utcnow()
+    new_hash = secrets.token_bytes(32)
+    rotated = platform_store.update_service_account(
+        account.id,
+        set={
+            "secret_hash": new_hash,
+            "previous_secret_hash": account.secret_hash,
+            "rotated_at": now,
+            "previous_valid_until": now,
+        },
+        expect={"secret_hash": account.secret_hash},
+    )
+    assert (
+        rotated is not None and rotated.secret_hash == new_hash and rotated.previous_secret_hash == account.secret_hash
+    )
+    # A second rotation from the same old state loses: the expectation no longer holds.
+    assert (
+        platform_store.update_service_account(
+            account.id, set={"secret_hash": b"x" * 32}, expect={"secret_hash": account.secret_hash}
+        )
+        is None
+    )
+    with pytest.raises(ValueError):
+        platform_store.update_service_account(account.id, set={"name": 3})
+    with pytest.raises(ValueError):
+        platform_store.update_service_account(account.id, set={"id": "other"})
+    assert platform_store.delete_service_account(account.id) is True
+    assert platform_store.delete_service_account(account.id) is False
+    assert platform_store.get_service_account(account.id) is None
+    assert platform_store.find_service_account("orders") is None
+    platform_store.create_service_account(_account("orders"))  # the name is free again
+
+
+# -- revocation log ------------------------------------------------------------------------------
+
+
+def test_revocation_log_appends_in_order_per_tenant(store: Store, tenant: str, other_tenant: str) -> None:
+    from auth_server.store.base import Revocation
+
+    assert store.last_revocation_seq(tenant) == 0 and store.list_revocations(tenant, 0, 10) == []
+    at = utcnow()
+    first = store.append_revocation(tenant, Revocation(0, "session_revoked", at, session_id="s1", user_id="u1"))
+    elsewhere = store.append_revocation(other_tenant, Revocation(0, "user_locked", at, user_id="u9"))
+    second = store.append_revocation(tenant, Revocation(0, "service_account_deleted", at, service_account_id="a"))
+    assert 0 < first.seq < second.seq
+    assert store.list_revocations(tenant, 0, 10) == [first, second]
+    assert store.list_revocations(tenant, first.seq, 10) == [second]  # after a cursor: nothing before it
+    assert store.list_revocations(tenant, 0, 1) == [first] and store.list_revocations(tenant, 0, 0) == []
+    assert store.last_revocation_seq(tenant) == second.seq
+    assert store.list_revocations(other_tenant, 0, 10) == [elsewhere]
+
+
+def test_concurrent_revocation_appends_get_distinct_ordered_seqs(store: Store, tenant: str) -> None:
+    from auth_server.store.base import Revocation
+
+    def append(i: int) -> int:
+        return store.append_revocation(tenant, Revocation(0, "user_locked", utcnow(), user_id=f"u{i}")).seq
+
+    with ThreadPoolExecutor(8) as pool:
+        seqs = list(pool.map(append, range(40)))
+    assert len(set(seqs)) == 40
+    listed = store.list_revocations(tenant, 0, 100)
+    assert [r.seq for r in listed] == sorted(seqs)

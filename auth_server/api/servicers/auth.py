@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -10,13 +12,20 @@ from auth_server.api.servicers import convert
 from auth_server.domain import devices
 from auth_server.domain.accounts import Accounts
 from auth_server.domain.errors import AuthError, Code
+from auth_server.domain.revocations import RevocationFeed
+from auth_server.domain.services import ServiceAccounts
 from auth_server.domain.sessions import Device, Sessions
+from auth_server.domain.tokens import ServiceClaims
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, accounts: Accounts, sessions: Sessions) -> None:
+    def __init__(
+        self, accounts: Accounts, sessions: Sessions, services: ServiceAccounts, revocations: RevocationFeed
+    ) -> None:
+        self._revocations = revocations
         self._accounts = accounts
         self._sessions = sessions
+        self._services = services
 
     def Signup(self, request: auth_pb2.SignupRequest, context: grpc.ServicerContext) -> auth_pb2.SignupResponse:
         call = current_call()
@@ -62,14 +71,35 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._accounts.unlock_account(current_call().tenant, request.token)
         return auth_pb2.UnlockAccountResponse()
 
+    def IssueServiceToken(
+        self, request: auth_pb2.IssueServiceTokenRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        call = current_call()
+        issued = self._services.issue_token(call.tenant, request.client_id, request.client_secret, call.ip_address)
+        return auth_pb2.IssueServiceTokenResponse(
+            access_token=issued.access_token, expires_at=convert.timestamp(issued.expires_at)
+        )
+
     def Introspect(
         self, request: auth_pb2.IntrospectRequest, context: grpc.ServicerContext
     ) -> auth_pb2.IntrospectResponse:
         tenant = current_call().tenant
         try:
+            claims = self._services.verify_token(request.access_token)  # signature first, no store read
+            if isinstance(claims, ServiceClaims):
+                # A service token: the account read from the store now, and checked against this tenant
+                # (as the guard checks it when the service calls here itself).
+                service = self._services.authenticate(tenant, claims)
+                return auth_pb2.IntrospectResponse(
+                    active=True,
+                    service_account=auth_pb2.ServiceAccountInfo(id=service.account.id, name=service.account.name),
+                    expires_at=convert.timestamp(service.token_expires_at),
+                )
             caller = self._sessions.authenticate(tenant, request.access_token)
         except AuthError as error:
-            if error.code is Code.UNAUTHENTICATED:  # a dead token is an answer, not an error
+            # A dead token is an answer, not an error; so is a service account refused in this tenant
+            # (CALLER_NOT_ALLOWED, which a guard answers as PERMISSION_DENIED, as this server's guard does).
+            if error.code is Code.UNAUTHENTICATED or error.reason == "CALLER_NOT_ALLOWED":
                 return auth_pb2.IntrospectResponse(active=False, inactive_reason=error.reason)
             raise
         return auth_pb2.IntrospectResponse(
@@ -79,6 +109,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             tenant_id=tenant,
             expires_at=convert.timestamp(caller.token_expires_at),
         )
+
+    def WatchRevocations(
+        self, request: auth_pb2.WatchRevocationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[auth_pb2.WatchRevocationsResponse]:
+        events = self._revocations.watch(current_call().tenant, request.after, context.is_active)
+        try:
+            # Headers now, not with the first event: the caller learns at once that the stream is up.
+            context.send_initial_metadata(())
+            for entry in events:
+                yield auth_pb2.WatchRevocationsResponse(event=convert.revocation(entry))
+        finally:
+            events.close()  # gives the stream's slot back however the call ends
 
     def GetMe(self, request: auth_pb2.GetMeRequest, context: grpc.ServicerContext) -> auth_pb2.GetMeResponse:
         caller = current_call().require_caller()

@@ -9,9 +9,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
 from auth_server.api.guard import ROLE_NAMES
+from auth_server.domain.revocations import cursor_of
 from auth_server.domain.sessions import IssuedTokens
 from auth_server.infra.clock import utcnow
-from auth_server.store.base import AuditEvent, Session, User
+from auth_server.store.base import AuditEvent, Revocation, Session, User
 
 ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
 
@@ -71,4 +72,15 @@ def audit_event(record: AuditEvent) -> admin_pb2.AuditEvent:
         ip_address=record.ip_address,
         created_at=timestamp(record.created_at),
         details=json.loads(record.details),
+    )
+
+
+def revocation(record: Revocation) -> auth_pb2.RevocationEvent:
+    return auth_pb2.RevocationEvent(
+        cursor=cursor_of(record),
+        kind=auth_pb2.RevocationKind.Value("REVOCATION_KIND_" + record.kind.upper()),
+        at=timestamp(record.at),
+        session_id=record.session_id,
+        user_id=record.user_id,
+        service_account_id=record.service_account_id,
     )

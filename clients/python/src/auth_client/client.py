@@ -9,7 +9,8 @@ Deadline: every call has one, `DEFAULT_TIMEOUT` (5 s) unless the client (`timeou
 (`timeout=`) says otherwise. It bounds the whole call, retries and backoff included.
 
 Retries happen ONLY on UNAVAILABLE and ONLY for RPCs that are safe to send twice (`idempotent` in the
-table below): Introspect, GetMe, ListSessions, ListUsers, ListAuditEvents (reads), UnlockUser and
+table below): Introspect, IssueServiceToken (a second token is as good), GetMe, ListSessions,
+ListUsers, ListAuditEvents (reads), UnlockUser and
 SetUserRole (setting the same state again changes nothing). Everything else is sent once, because the
 first attempt may have reached the server before the connection failed: Signup (USERNAME_TAKEN on the
 retry), Login (a second e-mailed code, a failed-login count), VerifyOtp and Refresh (single-use codes
@@ -21,6 +22,12 @@ default 3), spaced by exponential backoff with jitter, and never run past the ca
 One declarative table (`RPCS`: method name, request type, idempotent) drives both clients; the RPC path
 and the response type are read from the service descriptors, so the table cannot disagree with the
 contract.
+
+Service credentials: `service_credentials=(client_id, client_secret)` of a service account makes the
+client get its own service token (IssueServiceToken, in the client's tenant), send it on the calls
+whose `(auth.v1.access)` rule admits services but not people (Introspect), get a new one before it
+expires (a minute before, or half its life if shorter), and once more after an UNAUTHENTICATED answer
+(a rotation or a restart of the server's keys). A per-call `token=` still wins.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -37,11 +45,13 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from auth_client.errors import from_rpc_error
+from auth_client.errors import Unauthenticated, from_rpc_error
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
 from auth_client.interceptors import Metadata, Source, resolve, with_auth_metadata
 
 DEFAULT_TIMEOUT = 5.0  # seconds per call, retries included
+# The one server-streaming RPC: not in RPCS (a stream has no deadline and is never retried as a call is).
+WATCH_REVOCATIONS = "/auth.v1.AuthService/WatchRevocations"
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Rpc:
     request: type[Message]
     response: type[Message]
     idempotent: bool  # safe to send again after UNAVAILABLE
+    service_only: bool = False  # its access rule admits service accounts and not people (Introspect)
 
 
 def _rpc(name: str, request: type[Message], idempotent: bool) -> Rpc:
@@ -62,7 +73,10 @@ def _rpc(name: str, request: type[Message], idempotent: bool) -> Rpc:
         for method in service.methods:
             if method.input_type is descriptor:
                 response = message_factory.GetMessageClass(method.output_type)
-                return Rpc(name, f"/{service.full_name}/{method.name}", request, response, idempotent)
+                rule = method.GetOptions().Extensions[access_pb2.access]
+                service_only = bool(rule.services) and not (rule.authenticated or rule.roles or rule.public)
+                path = f"/{service.full_name}/{method.name}"
+                return Rpc(name, path, request, response, idempotent, service_only)
     raise LookupError(f"no RPC of {descriptor.file.name} takes {descriptor.full_name}")
 
 
@@ -75,6 +89,7 @@ RPCS: dict[str, Rpc] = {
         _rpc("verify_otp", auth_pb2.VerifyOtpRequest, False),
         _rpc("refresh", auth_pb2.RefreshRequest, False),
         _rpc("unlock_account", auth_pb2.UnlockAccountRequest, False),
+        _rpc("issue_service_token", auth_pb2.IssueServiceTokenRequest, True),
         _rpc("introspect", auth_pb2.IntrospectRequest, True),
         _rpc("get_me", auth_pb2.GetMeRequest, True),
         _rpc("list_sessions", auth_pb2.ListSessionsRequest, True),
@@ -125,6 +140,42 @@ class CallOptions(TypedDict, total=False):
     metadata: Sequence[tuple[str, str]]  # extra headers, e.g. ("x-device-name", "CI runner")
 
 
+# Get a new service token this long before the current one expires (or at half its life, if shorter).
+SERVICE_TOKEN_MARGIN = 60.0
+
+
+class _ServiceToken:
+    """The current service token of a client and its bound copies (shared, so one token serves them all)."""
+
+    def __init__(self, client_id: str, client_secret: str) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("service_credentials must be (client_id, client_secret), both non-empty")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token: str | None = None
+        self.renew_at = 0.0  # time.monotonic() after which a new token is fetched
+        self.lock = threading.Lock()  # sync client: one fetch at a time
+        self.async_lock: asyncio.Lock | None = None  # asyncio client, made inside its loop
+
+    def current(self) -> str | None:
+        return self.token if self.token is not None and time.monotonic() < self.renew_at else None
+
+    def keep(self, response: auth_pb2.IssueServiceTokenResponse) -> str:
+        lifetime = max(0.0, response.expires_at.ToDatetime().timestamp() - response_now())
+        self.token = response.access_token
+        self.renew_at = time.monotonic() + lifetime - min(SERVICE_TOKEN_MARGIN, lifetime / 2)
+        return self.token
+
+    def forget(self, token: str) -> None:
+        if self.token == token:
+            self.token = None
+
+
+def response_now() -> float:
+    """Wall-clock seconds (expires_at is a wall-clock time); a function so tests can move it."""
+    return time.time()
+
+
 def _role(role: int | str) -> access_pb2.Role:
     """A Role value from the enum value or a name ("admin", "ROLE_ADMIN")."""
     if isinstance(role, str):
@@ -138,9 +189,18 @@ class _ClientBase:
 
     _channel: Any
 
-    def __init__(self, *, tenant: Source, token: Source, timeout: float, retry: RetryPolicy | None) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: Source,
+        token: Source,
+        timeout: float,
+        retry: RetryPolicy | None,
+        service_credentials: tuple[str, str] | None = None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: every call needs a deadline")
+        self._service = _ServiceToken(*service_credentials) if service_credentials else None
         self._tenant = tenant
         self._token = token
         self._timeout = timeout
@@ -175,10 +235,24 @@ class _ClientBase:
             self._callables[rpc.path] = found
         return found
 
-    def _prepare(self, options: CallOptions) -> tuple[float, Metadata]:
+    def _stream_callable(self) -> Any:
+        found = self._callables.get(WATCH_REVOCATIONS)
+        if found is None:
+            found = self._channel.unary_stream(
+                WATCH_REVOCATIONS,
+                request_serializer=auth_pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=auth_pb2.WatchRevocationsResponse.FromString,
+            )
+            self._callables[WATCH_REVOCATIONS] = found
+        return found
+
+    def _uses_service_token(self, rpc: Rpc, options: CallOptions) -> bool:
+        return self._service is not None and rpc.service_only and not options.get("token")
+
+    def _prepare(self, options: CallOptions, service_token: str | None = None) -> tuple[float, Metadata]:
         """(the call's deadline as a monotonic time, its metadata)."""
         timeout = options.get("timeout") or self._timeout
-        token = options.get("token") or resolve(self._token)
+        token = options.get("token") or service_token or resolve(self._token)
         tenant = options.get("tenant") or resolve(self._tenant)
         # Headers the caller put in `metadata` win: with_auth_metadata never adds a second one.
         metadata = with_auth_metadata(options.get("metadata"), token, tenant)
@@ -205,8 +279,12 @@ class AuthClient(_ClientBase):
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        service_credentials: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__(tenant=tenant, token=token, timeout=timeout, retry=retry)
+        """`service_credentials`: (client_id, client_secret) of a service account (see the module docstring)."""
+        super().__init__(
+            tenant=tenant, token=token, timeout=timeout, retry=retry, service_credentials=service_credentials
+        )
         if isinstance(target_or_channel, str):
             if credentials is None:
                 self._channel = grpc.insecure_channel(target_or_channel, options=list(options))
@@ -237,9 +315,32 @@ class AuthClient(_ClientBase):
     def with_tenant(self, tenant: Source) -> AuthClient:
         return super().with_tenant(tenant)
 
+    def service_token(self, timeout: float | None = None) -> str:
+        """The current service token (service_credentials), fetched when missing or about to expire."""
+        holder = self._service
+        if holder is None:
+            raise ValueError("this client has no service_credentials")
+        with holder.lock:
+            token = holder.current()
+            if token is None:
+                response = self.issue_service_token(holder.client_id, holder.client_secret, timeout=timeout)
+                token = holder.keep(response)
+            return token
+
     def call(self, rpc: Rpc, request: Message, options: CallOptions) -> Any:
         """Make one call of `rpc`, with deadline, retries and typed errors (the typed methods use this)."""
-        deadline, metadata = self._prepare(options)
+        if self._uses_service_token(rpc, options):
+            assert self._service is not None
+            token = self.service_token(options.get("timeout"))
+            try:
+                return self._call(rpc, request, options, token)
+            except Unauthenticated:  # rotated, deleted and re-made, or the server's keys changed: once more
+                self._service.forget(token)
+                return self._call(rpc, request, options, self.service_token(options.get("timeout")))
+        return self._call(rpc, request, options)
+
+    def _call(self, rpc: Rpc, request: Message, options: CallOptions, service_token: str | None = None) -> Any:
+        deadline, metadata = self._prepare(options, service_token)
         attempt = 0
         while True:
             attempt += 1
@@ -252,6 +353,14 @@ class AuthClient(_ClientBase):
                 if delay is None:
                     raise typed from error
             time.sleep(delay)
+
+    def watch_revocations(self, after: str = "", *, tenant: str | None = None) -> Any:
+        """Open AuthService.WatchRevocations (service credentials needed): an iterator of
+        WatchRevocationsResponse with no deadline, to `cancel()` when done. Errors surface as grpc.RpcError
+        while iterating (the guard reconnects by itself; see auth_client.guard)."""
+        token = self.service_token()
+        _, metadata = self._prepare({"tenant": tenant} if tenant else {}, token)
+        return self._stream_callable()(auth_pb2.WatchRevocationsRequest(after=after), metadata=metadata)
 
     # AuthService
     def signup(
@@ -282,6 +391,12 @@ class AuthClient(_ClientBase):
     def unlock_account(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.UnlockAccountResponse:
         # `token` here is the e-mailed unlock token (a request field), not the access token.
         return self.call(RPCS["unlock_account"], auth_pb2.UnlockAccountRequest(token=token), options)
+
+    def issue_service_token(
+        self, client_id: str, client_secret: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        request = auth_pb2.IssueServiceTokenRequest(client_id=client_id, client_secret=client_secret)
+        return self.call(RPCS["issue_service_token"], request, options)
 
     def introspect(self, access_token: str, **options: Unpack[CallOptions]) -> auth_pb2.IntrospectResponse:
         request = auth_pb2.IntrospectRequest(access_token=access_token)
@@ -351,8 +466,11 @@ class AsyncAuthClient(_ClientBase):
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        service_credentials: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__(tenant=tenant, token=token, timeout=timeout, retry=retry)
+        super().__init__(
+            tenant=tenant, token=token, timeout=timeout, retry=retry, service_credentials=service_credentials
+        )
         if isinstance(target_or_channel, str):
             if credentials is None:
                 self._channel = grpc.aio.insecure_channel(target_or_channel, options=list(options))
@@ -383,9 +501,41 @@ class AsyncAuthClient(_ClientBase):
     def with_tenant(self, tenant: Source) -> AsyncAuthClient:
         return super().with_tenant(tenant)
 
+    async def service_token(self, timeout: float | None = None) -> str:
+        """The current service token (service_credentials), fetched when missing or about to expire."""
+        holder = self._service
+        if holder is None:
+            raise ValueError("this client has no service_credentials")
+        if holder.async_lock is None:
+            holder.async_lock = asyncio.Lock()
+        async with holder.async_lock:
+            token = holder.current()
+            if token is None:
+                response = await self.issue_service_token(holder.client_id, holder.client_secret, timeout=timeout)
+                token = holder.keep(response)
+            return token
+
+    async def watch_revocations(self, after: str = "", *, tenant: str | None = None) -> Any:
+        """Open AuthService.WatchRevocations (service credentials needed): an async iterator of
+        WatchRevocationsResponse with no deadline, to `cancel()` when done."""
+        token = await self.service_token()
+        _, metadata = self._prepare({"tenant": tenant} if tenant else {}, token)
+        return self._stream_callable()(auth_pb2.WatchRevocationsRequest(after=after), metadata=metadata)
+
     async def call(self, rpc: Rpc, request: Message, options: CallOptions) -> Any:
         """Make one call of `rpc`, with deadline, retries and typed errors (the typed methods use this)."""
-        deadline, metadata = self._prepare(options)
+        if self._uses_service_token(rpc, options):
+            assert self._service is not None
+            token = await self.service_token(options.get("timeout"))
+            try:
+                return await self._call(rpc, request, options, token)
+            except Unauthenticated:
+                self._service.forget(token)
+                return await self._call(rpc, request, options, await self.service_token(options.get("timeout")))
+        return await self._call(rpc, request, options)
+
+    async def _call(self, rpc: Rpc, request: Message, options: CallOptions, service_token: str | None = None) -> Any:
+        deadline, metadata = self._prepare(options, service_token)
         attempt = 0
         while True:
             attempt += 1
@@ -428,6 +578,12 @@ class AsyncAuthClient(_ClientBase):
     async def unlock_account(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.UnlockAccountResponse:
         request = auth_pb2.UnlockAccountRequest(token=token)
         return await self.call(RPCS["unlock_account"], request, options)
+
+    async def issue_service_token(
+        self, client_id: str, client_secret: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.IssueServiceTokenResponse:
+        request = auth_pb2.IssueServiceTokenRequest(client_id=client_id, client_secret=client_secret)
+        return await self.call(RPCS["issue_service_token"], request, options)
 
     async def introspect(self, access_token: str, **options: Unpack[CallOptions]) -> auth_pb2.IntrospectResponse:
         request = auth_pb2.IntrospectRequest(access_token=access_token)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uth/v1/access.proto\x12\x07\x61uth.v1\x1a google/protobuf/descriptor.proto\"Q\n\nAccessRule\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x15\n\rauthenticated\x18\x02 \x01(\x08\x12\x1c\n\x05roles\x18\x03 \x03(\x0e\x32\r.auth.v1.Role*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03:E\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x13.auth.v1.AccessRuleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uth/v1/access.proto\x12\x07\x61uth.v1\x1a google/protobuf/descriptor.proto\"c\n\nAccessRule\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x15\n\rauthenticated\x18\x02 \x01(\x08\x12\x1c\n\x05roles\x18\x03 \x03(\x0e\x32\r.auth.v1.Role\x12\x10\n\x08services\x18\x04 \x03(\t*M\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03:E\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x13.auth.v1.AccessRuleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'auth.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=150
-  _globals['_ROLE']._serialized_end=227
+  _globals['_ROLE']._serialized_start=168
+  _globals['_ROLE']._serialized_end=245
   _globals['_ACCESSRULE']._serialized_start=67
-  _globals['_ACCESSRULE']._serialized_end=148
+  _globals['_ACCESSRULE']._serialized_end=166
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,13 @@ ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
 
 class AccessRule(_message.Message):
-    __slots__ = ("public", "authenticated", "roles")
+    __slots__ = ("public", "authenticated", "roles", "services")
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
     public: bool
     authenticated: bool
     roles: _containers.RepeatedScalarFieldContainer[Role]
-    def __init__(self, public: _Optional[bool] = ..., authenticated: _Optional[bool] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ...) -> None: ...
+    services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, public: _Optional[bool] = ..., authenticated: _Optional[bool] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...

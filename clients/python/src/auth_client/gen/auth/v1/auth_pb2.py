@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61uth/v1/auth.proto\x12\x07\x61uth.v1\x1a\x14\x61uth/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x1b\n\x04role\x18\x06 \x01(\x0e\x32\r.auth.v1.Role\x12\x0e\n\x06locked\x18\x07 \x01(\x08\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\t \x01(\t\"\xc9\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x12\n\nip_address\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_activity\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x07 \x01(\x08\"_\n\rSignupRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\"-\n\x0eSignupResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\"Q\n\x0cLoginRequest\x12\x19\n\x11username_or_email\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x03 \x01(\t\"h\n\rLoginResponse\x12\x10\n\x08login_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdelivery_hint\x18\x03 \x01(\t\"[\n\x10VerifyOtpRequest\x12\x10\n\x08login_id\x18\x01 \x01(\t\x12\x0b\n\x03otp\x18\x02 \x01(\t\x12\x18\n\x0b\x64\x65vice_name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_device_name\"\xf9\x01\n\x11VerifyOtpResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x07 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xe1\x01\n\x0fRefreshResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x06 \x01(\t\"%\n\x14UnlockAccountRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x17\n\x15UnlockAccountResponse\")\n\x11IntrospectRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"\xb1\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x1b\n\x04user\x18\x02 \x01(\x0b\x32\r.auth.v1.User\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finactive_reason\x18\x06 \x01(\t\"\x0e\n\x0cGetMeRequest\"@\n\rGetMeResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\":\n\x14ListSessionsResponse\x12\"\n\x08sessions\x18\x01 \x03(\x0b\x32\x10.auth.v1.Session\"*\n\x14LogoutSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"+\n\x15LogoutSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x10LogoutAllRequest\x12\x14\n\x0ckeep_current\x18\x01 \x01(\x08\"*\n\x11LogoutAllResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"/\n\x16\x43hangePasswordResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\x32\xbc\t\n\x0b\x41uthService\x12_\n\x06Signup\x12\x16.auth.v1.SignupRequest\x1a\x17.auth.v1.SignupResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/signup:\x01*\x12[\n\x05Login\x12\x15.auth.v1.LoginRequest\x1a\x16.auth.v1.LoginResponse\"#\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/api/v1/auth/login:\x01*\x12n\n\tVerifyOtp\x12\x19.auth.v1.VerifyOtpRequest\x1a\x1a.auth.v1.VerifyOtpResponse\"*\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/auth/login/verify:\x01*\x12\x63\n\x07Refresh\x12\x17.auth.v1.RefreshRequest\x1a\x18.auth.v1.RefreshResponse\"%\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/auth/refresh:\x01*\x12t\n\rUnlockAccount\x12\x1d.auth.v1.UnlockAccountRequest\x1a\x1e.auth.v1.UnlockAccountResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/unlock:\x01*\x12o\n\nIntrospect\x12\x1a.auth.v1.IntrospectRequest\x1a\x1b.auth.v1.IntrospectResponse\"(\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/auth/introspect:\x01*\x12U\n\x05GetMe\x12\x15.auth.v1.GetMeRequest\x1a\x16.auth.v1.GetMeResponse\"\x1d\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/auth/me\x12p\n\x0cListSessions\x12\x1c.auth.v1.ListSessionsRequest\x1a\x1d.auth.v1.ListSessionsResponse\"#\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/auth/sessions\x12\x80\x01\n\rLogoutSession\x12\x1d.auth.v1.LogoutSessionRequest\x1a\x1e.auth.v1.LogoutSessionResponse\"0\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02$*\"/api/v1/auth/sessions/{session_id}\x12l\n\tLogoutAll\x12\x19.auth.v1.LogoutAllRequest\x1a\x1a.auth.v1.LogoutAllResponse\"(\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/auth/logout/all:\x01*\x12y\n\x0e\x43hangePassword\x12\x1e.auth.v1.ChangePasswordRequest\x1a\x1f.auth.v1.ChangePasswordResponse\"&\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/api/v1/auth/password:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61uth/v1/auth.proto\x12\x07\x61uth.v1\x1a\x14\x61uth/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x1b\n\x04role\x18\x06 \x01(\x0e\x32\r.auth.v1.Role\x12\x0e\n\x06locked\x18\x07 \x01(\x08\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\t \x01(\t\"\xc9\x01\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x12\n\nip_address\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_activity\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x07 \x01(\x08\"_\n\rSignupRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\"-\n\x0eSignupResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\"Q\n\x0cLoginRequest\x12\x19\n\x11username_or_email\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x03 \x01(\t\"h\n\rLoginResponse\x12\x10\n\x08login_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdelivery_hint\x18\x03 \x01(\t\"[\n\x10VerifyOtpRequest\x12\x10\n\x08login_id\x18\x01 \x01(\t\x12\x0b\n\x03otp\x18\x02 \x01(\t\x12\x18\n\x0b\x64\x65vice_name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_device_name\"\xf9\x01\n\x11VerifyOtpResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x07 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\xe1\x01\n\x0fRefreshResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12;\n\x17\x61\x63\x63\x65ss_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18refresh_token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x06 \x01(\t\"%\n\x14UnlockAccountRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x17\n\x15UnlockAccountResponse\"D\n\x18IssueServiceTokenRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"a\n\x19IssueServiceTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x11IntrospectRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"\xe7\x01\n\x12IntrospectResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x1b\n\x04user\x18\x02 \x01(\x0b\x32\r.auth.v1.User\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finactive_reason\x18\x06 \x01(\t\x12\x34\n\x0fservice_account\x18\x07 \x01(\x0b\x32\x1b.auth.v1.ServiceAccountInfo\".\n\x12ServiceAccountInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"(\n\x17WatchRevocationsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\"C\n\x18WatchRevocationsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.auth.v1.RevocationEvent\"\xb1\x01\n\x0fRevocationEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.auth.v1.RevocationKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x1a\n\x12service_account_id\x18\x06 \x01(\t\"\x0e\n\x0cGetMeRequest\"@\n\rGetMeResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\":\n\x14ListSessionsResponse\x12\"\n\x08sessions\x18\x01 \x03(\x0b\x32\x10.auth.v1.Session\"*\n\x14LogoutSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"+\n\x15LogoutSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x10LogoutAllRequest\x12\x14\n\x0ckeep_current\x18\x01 \x01(\x08\"*\n\x11LogoutAllResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"/\n\x16\x43hangePasswordResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05*\xc4\x02\n\x0eRevocationKind\x12\x1f\n\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fREVOCATION_KIND_SESSION_REVOKED\x10\x01\x12)\n%REVOCATION_KIND_USER_SESSIONS_REVOKED\x10\x02\x12$\n REVOCATION_KIND_PASSWORD_CHANGED\x10\x03\x12\x1f\n\x1bREVOCATION_KIND_USER_LOCKED\x10\x04\x12 \n\x1cREVOCATION_KIND_ROLE_CHANGED\x10\x05\x12+\n\'REVOCATION_KIND_SERVICE_ACCOUNT_DELETED\x10\x06\x12+\n\'REVOCATION_KIND_SERVICE_ACCOUNT_ROTATED\x10\x07\x32\xab\x0b\n\x0b\x41uthService\x12_\n\x06Signup\x12\x16.auth.v1.SignupRequest\x1a\x17.auth.v1.SignupResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/signup:\x01*\x12[\n\x05Login\x12\x15.auth.v1.LoginRequest\x1a\x16.auth.v1.LoginResponse\"#\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/api/v1/auth/login:\x01*\x12n\n\tVerifyOtp\x12\x19.auth.v1.VerifyOtpRequest\x1a\x1a.auth.v1.VerifyOtpResponse\"*\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/auth/login/verify:\x01*\x12\x63\n\x07Refresh\x12\x17.auth.v1.RefreshRequest\x1a\x18.auth.v1.RefreshResponse\"%\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/auth/refresh:\x01*\x12t\n\rUnlockAccount\x12\x1d.auth.v1.UnlockAccountRequest\x1a\x1e.auth.v1.UnlockAccountResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/unlock:\x01*\x12\x87\x01\n\x11IssueServiceToken\x12!.auth.v1.IssueServiceTokenRequest\x1a\".auth.v1.IssueServiceTokenResponse\"+\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/api/v1/auth/service-token:\x01*\x12p\n\nIntrospect\x12\x1a.auth.v1.IntrospectRequest\x1a\x1b.auth.v1.IntrospectResponse\")\x8a\xb5\x18\x03\"\x01*\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/auth/introspect:\x01*\x12\x62\n\x10WatchRevocations\x12 .auth.v1.WatchRevocationsRequest\x1a!.auth.v1.WatchRevocationsResponse\"\x07\x8a\xb5\x18\x03\"\x01*0\x01\x12U\n\x05GetMe\x12\x15.auth.v1.GetMeRequest\x1a\x16.auth.v1.GetMeResponse\"\x1d\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/auth/me\x12p\n\x0cListSessions\x12\x1c.auth.v1.ListSessionsRequest\x1a\x1d.auth.v1.ListSessionsResponse\"#\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/auth/sessions\x12\x80\x01\n\rLogoutSession\x12\x1d.auth.v1.LogoutSessionRequest\x1a\x1e.auth.v1.LogoutSessionResponse\"0\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02$*\"/api/v1/auth/sessions/{session_id}\x12l\n\tLogoutAll\x12\x19.auth.v1.LogoutAllRequest\x1a\x1a.auth.v1.LogoutAllResponse\"(\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/auth/logout/all:\x01*\x12y\n\x0e\x43hangePassword\x12\x1e.auth.v1.ChangePasswordRequest\x1a\x1f.auth.v1.ChangePasswordResponse\"&\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/api/v1/auth/password:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,8 +44,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['Refresh']._serialized_options = b'\212\265\030\002\010\001\202\323\344\223\002\031\"\024/api/v1/auth/refresh:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['UnlockAccount']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['UnlockAccount']._serialized_options = b'\212\265\030\002\010\001\202\323\344\223\002\030\"\023/api/v1/auth/unlock:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['IssueServiceToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['IssueServiceToken']._serialized_options = b'\212\265\030\002\010\001\202\323\344\223\002\037\"\032/api/v1/auth/service-token:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['Introspect']._loaded_options = None
-  _globals['_AUTHSERVICE'].methods_by_name['Introspect']._serialized_options = b'\212\265\030\002\010\001\202\323\344\223\002\034\"\027/api/v1/auth/introspect:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['Introspect']._serialized_options = b'\212\265\030\003\"\001*\202\323\344\223\002\034\"\027/api/v1/auth/introspect:\001*'
+  _globals['_AUTHSERVICE'].methods_by_name['WatchRevocations']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['WatchRevocations']._serialized_options = b'\212\265\030\003\"\001*'
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetMe']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\021\022\017/api/v1/auth/me'
   _globals['_AUTHSERVICE'].methods_by_name['ListSessions']._loaded_options = None
@@ -56,6 +60,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['LogoutAll']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\034\"\027/api/v1/auth/logout/all:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['ChangePassword']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\032\"\025/api/v1/auth/password:\001*'
+  _globals['_REVOCATIONKIND']._serialized_start=2774
+  _globals['_REVOCATIONKIND']._serialized_end=3098
   _globals['_USER']._serialized_start=117
   _globals['_USER']._serialized_end=309
   _globals['_SESSION']._serialized_start=312
@@ -80,30 +86,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNLOCKACCOUNTREQUEST']._serialized_end=1499
   _globals['_UNLOCKACCOUNTRESPONSE']._serialized_start=1501
   _globals['_UNLOCKACCOUNTRESPONSE']._serialized_end=1524
-  _globals['_INTROSPECTREQUEST']._serialized_start=1526
-  _globals['_INTROSPECTREQUEST']._serialized_end=1567
-  _globals['_INTROSPECTRESPONSE']._serialized_start=1570
-  _globals['_INTROSPECTRESPONSE']._serialized_end=1747
-  _globals['_GETMEREQUEST']._serialized_start=1749
-  _globals['_GETMEREQUEST']._serialized_end=1763
-  _globals['_GETMERESPONSE']._serialized_start=1765
-  _globals['_GETMERESPONSE']._serialized_end=1829
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1831
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1852
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1854
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1912
-  _globals['_LOGOUTSESSIONREQUEST']._serialized_start=1914
-  _globals['_LOGOUTSESSIONREQUEST']._serialized_end=1956
-  _globals['_LOGOUTSESSIONRESPONSE']._serialized_start=1958
-  _globals['_LOGOUTSESSIONRESPONSE']._serialized_end=2001
-  _globals['_LOGOUTALLREQUEST']._serialized_start=2003
-  _globals['_LOGOUTALLREQUEST']._serialized_end=2043
-  _globals['_LOGOUTALLRESPONSE']._serialized_start=2045
-  _globals['_LOGOUTALLRESPONSE']._serialized_end=2087
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=2089
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=2160
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=2162
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=2209
-  _globals['_AUTHSERVICE']._serialized_start=2212
-  _globals['_AUTHSERVICE']._serialized_end=3424
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1526
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1594
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_start=1596
+  _globals['_ISSUESERVICETOKENRESPONSE']._serialized_end=1693
+  _globals['_INTROSPECTREQUEST']._serialized_start=1695
+  _globals['_INTROSPECTREQUEST']._serialized_end=1736
+  _globals['_INTROSPECTRESPONSE']._serialized_start=1739
+  _globals['_INTROSPECTRESPONSE']._serialized_end=1970
+  _globals['_SERVICEACCOUNTINFO']._serialized_start=1972
+  _globals['_SERVICEACCOUNTINFO']._serialized_end=2018
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=2020
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=2060
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=2062
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=2129
+  _globals['_REVOCATIONEVENT']._serialized_start=2132
+  _globals['_REVOCATIONEVENT']._serialized_end=2309
+  _globals['_GETMEREQUEST']._serialized_start=2311
+  _globals['_GETMEREQUEST']._serialized_end=2325
+  _globals['_GETMERESPONSE']._serialized_start=2327
+  _globals['_GETMERESPONSE']._serialized_end=2391
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=2393
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=2414
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=2416
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=2474
+  _globals['_LOGOUTSESSIONREQUEST']._serialized_start=2476
+  _globals['_LOGOUTSESSIONREQUEST']._serialized_end=2518
+  _globals['_LOGOUTSESSIONRESPONSE']._serialized_start=2520
+  _globals['_LOGOUTSESSIONRESPONSE']._serialized_end=2563
+  _globals['_LOGOUTALLREQUEST']._serialized_start=2565
+  _globals['_LOGOUTALLREQUEST']._serialized_end=2605
+  _globals['_LOGOUTALLRESPONSE']._serialized_start=2607
+  _globals['_LOGOUTALLRESPONSE']._serialized_end=2649
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=2651
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=2722
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=2724
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=2771
+  _globals['_AUTHSERVICE']._serialized_start=3101
+  _globals['_AUTHSERVICE']._serialized_end=4552
 # @@protoc_insertion_point(module_scope)

@@ -4,12 +4,32 @@ from auth_client.gen.auth.v1 import access_pb2 as _access_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RevocationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVOCATION_KIND_UNSPECIFIED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_SESSION_REVOKED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_USER_SESSIONS_REVOKED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_PASSWORD_CHANGED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_USER_LOCKED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_ROLE_CHANGED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_SERVICE_ACCOUNT_DELETED: _ClassVar[RevocationKind]
+    REVOCATION_KIND_SERVICE_ACCOUNT_ROTATED: _ClassVar[RevocationKind]
+REVOCATION_KIND_UNSPECIFIED: RevocationKind
+REVOCATION_KIND_SESSION_REVOKED: RevocationKind
+REVOCATION_KIND_USER_SESSIONS_REVOKED: RevocationKind
+REVOCATION_KIND_PASSWORD_CHANGED: RevocationKind
+REVOCATION_KIND_USER_LOCKED: RevocationKind
+REVOCATION_KIND_ROLE_CHANGED: RevocationKind
+REVOCATION_KIND_SERVICE_ACCOUNT_DELETED: RevocationKind
+REVOCATION_KIND_SERVICE_ACCOUNT_ROTATED: RevocationKind
 
 class User(_message.Message):
     __slots__ = ("id", "username", "email", "name", "phone", "role", "locked", "created_at", "tenant_id")
@@ -151,6 +171,22 @@ class UnlockAccountResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class IssueServiceTokenRequest(_message.Message):
+    __slots__ = ("client_id", "client_secret")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    client_secret: str
+    def __init__(self, client_id: _Optional[str] = ..., client_secret: _Optional[str] = ...) -> None: ...
+
+class IssueServiceTokenResponse(_message.Message):
+    __slots__ = ("access_token", "expires_at")
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, access_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class IntrospectRequest(_message.Message):
     __slots__ = ("access_token",)
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -158,20 +194,58 @@ class IntrospectRequest(_message.Message):
     def __init__(self, access_token: _Optional[str] = ...) -> None: ...
 
 class IntrospectResponse(_message.Message):
-    __slots__ = ("active", "user", "session_id", "tenant_id", "expires_at", "inactive_reason")
+    __slots__ = ("active", "user", "session_id", "tenant_id", "expires_at", "inactive_reason", "service_account")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     active: bool
     user: User
     session_id: str
     tenant_id: str
     expires_at: _timestamp_pb2.Timestamp
     inactive_reason: str
-    def __init__(self, active: _Optional[bool] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inactive_reason: _Optional[str] = ...) -> None: ...
+    service_account: ServiceAccountInfo
+    def __init__(self, active: _Optional[bool] = ..., user: _Optional[_Union[User, _Mapping]] = ..., session_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inactive_reason: _Optional[str] = ..., service_account: _Optional[_Union[ServiceAccountInfo, _Mapping]] = ...) -> None: ...
+
+class ServiceAccountInfo(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class WatchRevocationsRequest(_message.Message):
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    def __init__(self, after: _Optional[str] = ...) -> None: ...
+
+class WatchRevocationsResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: RevocationEvent
+    def __init__(self, event: _Optional[_Union[RevocationEvent, _Mapping]] = ...) -> None: ...
+
+class RevocationEvent(_message.Message):
+    __slots__ = ("cursor", "kind", "at", "session_id", "user_id", "service_account_id")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    kind: RevocationKind
+    at: _timestamp_pb2.Timestamp
+    session_id: str
+    user_id: str
+    service_account_id: str
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[RevocationKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., service_account_id: _Optional[str] = ...) -> None: ...
 
 class GetMeRequest(_message.Message):
     __slots__ = ()

@@ -61,10 +61,20 @@ class AuthServiceStub:
                 request_serializer=auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.UnlockAccountResponse.FromString,
                 _registered_method=True)
+        self.IssueServiceToken = channel.unary_unary(
+                '/auth.v1.AuthService/IssueServiceToken',
+                request_serializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
+                _registered_method=True)
         self.Introspect = channel.unary_unary(
                 '/auth.v1.AuthService/Introspect',
                 request_serializer=auth_dot_v1_dot_auth__pb2.IntrospectRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.IntrospectResponse.FromString,
+                _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/auth.v1.AuthService/WatchRevocations',
+                request_serializer=auth_dot_v1_dot_auth__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.WatchRevocationsResponse.FromString,
                 _registered_method=True)
         self.GetMe = channel.unary_unary(
                 '/auth.v1.AuthService/GetMe',
@@ -135,8 +145,30 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueServiceToken(self, request, context):
+        """IssueServiceToken trades a service account's client id and secret for a short-lived service
+        token (throttled per source like Login; a wrong secret or an unknown client id: INVALID_CREDENTIALS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Introspect(self, request, context):
-        """Introspect tells an internal service whether an end user's access token is live, and whose it is.
+        """Introspect tells an internal service whether an access token is live, and whose it is: a person's
+        (user, session_id, tenant_id) or a service account's (service_account).
+        Service callers only (AUTH_INTROSPECT_ACCESS=public makes it public again, for a migration).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRevocations(self, request, context):
+        """WatchRevocations streams every event that can turn a live token dead in the call's tenant (a session
+        revoked, all of a user's sessions revoked, a user locked, a role or password changed, a service
+        account deleted or rotated), so a guard that caches Introspect answers can drop them at once.
+        Service callers only. Events come from the store, so a revocation made through any replica is sent
+        by every replica. `after` empty: from now; else resume after that cursor, without replaying earlier
+        events. The stream ends with UNAVAILABLE when the server shuts down: reconnect with the last cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,10 +237,20 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.UnlockAccountResponse.SerializeToString,
             ),
+            'IssueServiceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueServiceToken,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.SerializeToString,
+            ),
             'Introspect': grpc.unary_unary_rpc_method_handler(
                     servicer.Introspect,
                     request_deserializer=auth_dot_v1_dot_auth__pb2.IntrospectRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.IntrospectResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.WatchRevocationsResponse.SerializeToString,
             ),
             'GetMe': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMe,
@@ -384,6 +426,33 @@ class AuthService:
             _registered_method=True)
 
     @staticmethod
+    def IssueServiceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/IssueServiceToken',
+            auth_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Introspect(request,
             target,
             options=(),
@@ -400,6 +469,33 @@ class AuthService:
             '/auth.v1.AuthService/Introspect',
             auth_dot_v1_dot_auth__pb2.IntrospectRequest.SerializeToString,
             auth_dot_v1_dot_auth__pb2.IntrospectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/auth.v1.AuthService/WatchRevocations',
+            auth_dot_v1_dot_auth__pb2.WatchRevocationsRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
