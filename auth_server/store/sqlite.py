@@ -175,7 +175,12 @@ _SESSION_AND_USER = (
 
 
 class _Connection(sqlite3.Connection):
-    """A plain connection; subclassed only so the store can hold it by weak reference."""
+    """A connection the store can hold by weak reference, with a lock held while a statement of a
+    reader runs on it, so close() never closes it under a running statement (SQLite would crash)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.busy = threading.Lock()
 
 
 def _is_unavailable(exc: sqlite3.Error) -> bool:
@@ -250,7 +255,16 @@ class SqliteStore:
             writes.put(None)  # the writer finishes what it holds, fails what is left, and ends
             writer.join(self._busy_timeout + 5)
         for conn in connections:
-            conn.close()
+            # A handler that outlived its call (a deadline passed, the server stopped without waiting)
+            # may still be reading on its connection: closing it then would crash the process. Such a
+            # connection is left for its thread to drop (the generation changed) or for the collector.
+            busy = getattr(conn, "busy", None)
+            if busy is None or busy.acquire(timeout=1.0):
+                try:
+                    conn.close()
+                finally:
+                    if busy is not None:
+                        busy.release()
 
     def ping(self) -> None:
         # A write, not a read: a file that became read-only (or a full disk) still answers SELECTs, and
@@ -324,10 +338,12 @@ class SqliteStore:
         if not sql.startswith("SELECT") and not self._in_own_transaction():
             return self._write(sql, params)
         try:
-            cursor = self._connection().execute(sql, params)
-            # fetchall() steps the statement to its end, which ends its implicit transaction; a
-            # half-read cursor would keep the write lock (RETURNING) or pin an old WAL snapshot.
-            rows = cursor.fetchall()
+            conn = self._connection()
+            with conn.busy:  # type: ignore[attr-defined]
+                cursor = conn.execute(sql, params)
+                # fetchall() steps the statement to its end, which ends its implicit transaction; a
+                # half-read cursor would keep the write lock (RETURNING) or pin an old WAL snapshot.
+                rows = cursor.fetchall()
             return rows, cursor.rowcount
         except sqlite3.Error as exc:
             if not _is_unavailable(exc):
