@@ -548,13 +548,16 @@ class Bench:
         data: list[dict[str, str]] | None = None,
         expected: str = "OK",
         warm: bool = True,
+        quiet: bool = True,
         **kw: Any,
     ) -> Result:
-        """One ghz run (after a warm-up run with the same arguments unless `warm` is False)."""
+        """One ghz run (after a warm-up run with the same arguments unless `warm` is False); `quiet`: wait
+        for a quiet machine first (not while the run is meant to share it with another load)."""
         target = kw.pop("target", None) or server.target  # type: ignore[union-attr]
         data_file = self.ghz.data_file(data) if data else None
         common = {"data_file": data_file, "token_count": len(tokens or [])} | kw
-        self.quiet()
+        if quiet:
+            self.quiet()
         if warm and self.p.warmup:
             warm_kw = common | {"duration": self.p.warmup, "total": None}
             proc = self.ghz.start(self.ghz.command(method, target, **warm_kw), tokens)
@@ -1116,19 +1119,16 @@ class Bench:
                 flood = self.ghz.start(flood_cmd)
                 time.sleep(1.5)  # the flood is running before the measured logins start
                 try:
-                    self.record("login_others_flood", "12 Login, other sources, one source flooding",
-                                self._measure_noquiet_data(server, data, legit))
+                    flooded = self.measure(
+                        server, "auth.v1.AuthService/Login", data=data, warm=False, quiet=False, **legit
+                    )
+                    self.record("login_others_flood", "12 Login, other sources, one source flooding", flooded)
                 finally:
                     flood.send_signal(signal.SIGINT)
                     with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                         self.ghz.finish(flood, 60, "Unauthenticated")
         finally:
             server.stop()
-
-    def _measure_noquiet_data(self, server: Server, data: list[dict[str, str]], kw: dict[str, Any]) -> Result:
-        """A measured Login run while another load runs (so no waiting for a quiet machine)."""
-        common = {"data_file": self.ghz.data_file(data), "token_count": 0} | kw
-        return self.timed(server, "auth.v1.AuthService/Login", server.target, None, "OK", common)
 
     def report(self) -> dict[str, Any]:
         nan = float("nan")

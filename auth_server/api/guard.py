@@ -37,7 +37,7 @@ from auth_server.domain import audit, errors
 from auth_server.domain.errors import AuthError, Code, unauthenticated
 from auth_server.domain.services import NAME_PATTERN, ServiceAccounts, ServiceCaller
 from auth_server.domain.sessions import Caller, Sessions
-from auth_server.domain.tokens import ServiceClaims
+from auth_server.domain.tokens import AccessClaims, ServiceClaims
 from auth_server.infra.config import TENANT_PATTERN, Settings
 from auth_server.infra.metrics import Metrics
 from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
@@ -159,6 +159,7 @@ class Guard(grpc.ServerInterceptor):
         self._sessions = sessions
         self._settings = settings
         self._proxies = TrustedProxies(settings.trusted_proxies)
+        self._bridge_secret = settings.bridge_secret.encode()  # compared on every call from the bridge
         # Built once per method, not per call: the served methods and their handlers never change once
         # the server runs. Only methods that resolved to a registered handler are kept, so the table is
         # bounded by the service definitions whatever method names callers send.
@@ -352,7 +353,7 @@ class Guard(grpc.ServerInterceptor):
             raise unauthenticated(*errors.TOKEN_INVALID)
         token = token.strip()
         # The kind of token decides which rule part applies; signature and claims are checked here,
-        # before any store read (sessions.authenticate below finds the verification cached).
+        # once, before any store read.
         claims = self._services.verify_token(token) if self._services is not None else None
         if isinstance(claims, ServiceClaims):
             assert self._services is not None
@@ -364,7 +365,10 @@ class Guard(grpc.ServerInterceptor):
             return service
         if not rule.people:
             raise errors.caller_not_allowed("This method is for service accounts; a person's token cannot call it.")
-        caller = self._sessions.authenticate(tenant, token)
+        if isinstance(claims, AccessClaims):
+            caller = self._sessions.caller_for(tenant, claims)
+        else:
+            caller = self._sessions.authenticate(tenant, token)  # a guard built without service accounts
         if rule.roles is not None and caller.user.role not in rule.roles:
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
         return caller
@@ -389,8 +393,8 @@ class Guard(grpc.ServerInterceptor):
         return address  # every hop is a trusted proxy: the leftmost one made the call
 
     def _is_own_bridge(self, values: list[str] | None) -> bool:
-        secret = self._settings.bridge_secret
-        return bool(secret and values and len(values) == 1 and hmac.compare_digest(values[0].encode(), secret.encode()))
+        secret = self._bridge_secret
+        return bool(secret and values and len(values) == 1 and hmac.compare_digest(values[0].encode(), secret))
 
 
 def _text_headers(context: grpc.ServicerContext) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from auth_server.domain import errors
 from auth_server.domain.audit import Audit
 from auth_server.domain.errors import AuthError, Code, unauthenticated
 from auth_server.domain.revocations import USER_SESSIONS_REVOKED, RevocationLog
-from auth_server.domain.tokens import AccessTokens, RefreshTokens
+from auth_server.domain.tokens import AccessClaims, AccessTokens, RefreshTokens
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import Settings
 from auth_server.infra.ids import new_id
@@ -86,7 +86,11 @@ class Sessions:
     # --- authentication (the guard's per-call path: one JWT check, one store read, rarely a write)
 
     def authenticate(self, tenant: str, token: str) -> Caller:
-        claims = self._access.verify(token)  # signature first: a bad token never reaches the store
+        # Signature first: a bad token never reaches the store.
+        return self.caller_for(tenant, self._access.verify(token))
+
+    def caller_for(self, tenant: str, claims: AccessClaims) -> Caller:
+        """The live session and user behind already verified claims (one store read)."""
         found = self._store.get_session_and_user(tenant, claims.session_id)
         if found is None:
             raise unauthenticated(*errors.SESSION_NOT_FOUND)

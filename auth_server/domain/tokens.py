@@ -7,8 +7,9 @@ algorithm (never the one in the token header, never `none`), requires every clai
 
 Service token: the same kind of JWT with `type: "service"` and `service_account_id` instead of
 `session_id` (issued by IssueServiceToken to a service account, services.py). Each kind is accepted only
-where it is expected: `verify` takes session tokens alone, `verify_service` service tokens alone, and a
-token with both ids, neither, or another type is TOKEN_INVALID to both.
+where it is expected: `verify` takes session tokens alone, `verify_any` tells the two kinds apart (the
+guard then admits each kind only where a rule names it), and a token with both ids, neither, or another
+type is TOKEN_INVALID.
 
 Refresh token: opaque, `rt1.<session_id>.<generation>.<mac>`, where the MAC binds tenant, session,
 generation and a per-session nonce under a server key. The store keeps the session's current
@@ -120,13 +121,6 @@ class AccessTokens:
         """Claims of a valid session access token; TOKEN_INVALID for a service token (see module docstring)."""
         claims = self.verify_any(token)
         if not isinstance(claims, AccessClaims):
-            raise unauthenticated(*TOKEN_INVALID)
-        return claims
-
-    def verify_service(self, token: str) -> ServiceClaims:
-        """Claims of a valid service token; TOKEN_INVALID for a session token."""
-        claims = self.verify_any(token)
-        if not isinstance(claims, ServiceClaims):
             raise unauthenticated(*TOKEN_INVALID)
         return claims
 

@@ -19,6 +19,8 @@ class TrustedProxies:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
 
     def __contains__(self, ip: str) -> bool:
+        if not self._networks:  # the usual case: nothing to parse
+            return False
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

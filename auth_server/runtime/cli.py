@@ -161,23 +161,16 @@ def set_role(settings: Settings, username: str, role: str, tenant: str | None, f
     from auth_server.domain.audit import Audit
     from auth_server.domain.errors import AuthError
     from auth_server.domain.validation import normalise_username
-    from auth_server.infra.config import sqlite_path
     from auth_server.store import open_store
 
     tenant = tenant or settings.default_tenant
     if tenant not in settings.tenants:
         raise ConfigError(f"--tenant: unknown tenant {tenant!r} (AUTH_TENANTS is {','.join(sorted(settings.tenants))})")
-    where = redact_uri(settings.store_uri)
-    path = sqlite_path(settings.store_uri)
-    if path is not None:
-        where = str(path.resolve())
-        if not path.is_file():  # opening it would create an empty database and find nobody in it
-            print(
-                f"auth-server: no database at {where}: run this where `auth-server serve` runs, "
-                "or name the store with --store / AUTH_STORE",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
+    missing = _missing_sqlite(settings)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_CONFIG
+    where = _store_location(settings)
     store = open_store(settings.store_uri)
     store.open()
     try:

@@ -95,7 +95,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     service_account=auth_pb2.ServiceAccountInfo(id=service.account.id, name=service.account.name),
                     expires_at=convert.timestamp(service.token_expires_at),
                 )
-            caller = self._sessions.authenticate(tenant, request.access_token)
+            caller = self._sessions.caller_for(tenant, claims)
         except AuthError as error:
             # A dead token is an answer, not an error; so is a service account refused in this tenant
             # (CALLER_NOT_ALLOWED, which a guard answers as PERMISSION_DENIED, as this server's guard does).

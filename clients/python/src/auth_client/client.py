@@ -246,6 +246,11 @@ class _ClientBase:
             self._callables[WATCH_REVOCATIONS] = found
         return found
 
+    @property
+    def has_service_credentials(self) -> bool:
+        """Whether this client was given service_credentials (and so can fetch a service token)."""
+        return self._service is not None
+
     def _uses_service_token(self, rpc: Rpc, options: CallOptions) -> bool:
         return self._service is not None and rpc.service_only and not options.get("token")
 
@@ -320,6 +325,9 @@ class AuthClient(_ClientBase):
         holder = self._service
         if holder is None:
             raise ValueError("this client has no service_credentials")
+        token = holder.current()
+        if token is not None:  # fresh: no lock on the common path
+            return token
         with holder.lock:
             token = holder.current()
             if token is None:
@@ -506,6 +514,9 @@ class AsyncAuthClient(_ClientBase):
         holder = self._service
         if holder is None:
             raise ValueError("this client has no service_credentials")
+        token = holder.current()
+        if token is not None:  # fresh: no lock on the common path
+            return token
         if holder.async_lock is None:
             holder.async_lock = asyncio.Lock()
         async with holder.async_lock:

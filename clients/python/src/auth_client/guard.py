@@ -335,7 +335,10 @@ class IntrospectionCache:
         return (tenant or "", hashlib.sha256(token.encode()).digest())
 
     def get(self, tenant: str | None, token: str) -> auth_pb2.IntrospectResponse | None:
-        key = self.key(tenant, token)
+        return self.get_key(self.key(tenant, token))
+
+    def get_key(self, key: tuple[str, bytes]) -> auth_pb2.IntrospectResponse | None:
+        """`get` by a key from `key()` (the guard hashes the token once per call)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -351,13 +354,16 @@ class IntrospectionCache:
     ) -> None:
         """Keep an answer; with `epoch` (self.epoch read before the Introspect call), only if no eviction
         happened meanwhile."""
+        self.put_key(self.key(tenant, token), answer, epoch)
+
+    def put_key(self, key: tuple[str, bytes], answer: auth_pb2.IntrospectResponse, epoch: int | None = None) -> None:
+        """`put` by a key from `key()`."""
         ttl = self.ttl
         if answer.active and answer.HasField("expires_at"):
             # Never keep an answer past the token's own expiry (wall clock, as the token's exp is).
             ttl = min(ttl, answer.expires_at.ToSeconds() - time.time())
         if ttl <= 0:
             return
-        key = self.key(tenant, token)
         with self._lock:
             if epoch is not None and epoch != self.epoch:
                 return
@@ -444,8 +450,12 @@ class _Gate:
         self.cache = IntrospectionCache(cache_ttl, cache_size, clock)
         self.introspect_timeout = introspect_timeout
 
+    def find(self, method: str) -> Rule | None:
+        """The method's rule (an exact name wins over its service's `/*`), or None if it has none."""
+        return self.rules.get(method) or self.rules.get(method.rpartition("/")[0] + "/*")
+
     def rule(self, method: str) -> Rule:
-        rule = self.rules.get(method) or self.rules.get(method.rpartition("/")[0] + "/*")
+        rule = self.find(method)
         if rule is None:
             raise _Denied(*_NO_RULE)
         return rule
@@ -735,7 +745,7 @@ class Guard(grpc.ServerInterceptor):
         self._auth = auth
         self.revocations = RevocationPush(self._gate.cache, metrics_registry)
         if watch_revocations is None:
-            watch_revocations = auth._service is not None
+            watch_revocations = auth.has_service_credentials
         self._watcher = _SyncWatcher(auth, self.revocations) if watch_revocations else None
 
     def close(self) -> None:
@@ -758,6 +768,9 @@ class Guard(grpc.ServerInterceptor):
             return None  # not served here: grpc answers UNIMPLEMENTED
         details: Any = handler_call_details
         method: str = details.method
+        rule = self._gate.find(method)
+        if rule is not None and rule.public:
+            return handler  # nothing to check, and current_identity() is None there already
         metadata = details.invocation_metadata
 
         def admit(context: grpc.ServicerContext) -> Identity | None:
@@ -795,14 +808,15 @@ class Guard(grpc.ServerInterceptor):
         if rule.public:
             return None
         tenant, token = self._gate.credentials(metadata)
-        answer = self._gate.cache.get(tenant, token)
+        key = self._gate.cache.key(tenant, token)
+        answer = self._gate.cache.get_key(key)
         if answer is None:
             epoch = self._gate.cache.epoch
             try:
                 answer = self._auth.introspect(token, tenant=tenant, timeout=self._gate.introspect_timeout)
             except AuthServiceError as error:
                 raise self._gate.unreachable(method, error) from error
-            self._gate.cache.put(tenant, token, answer, epoch)
+            self._gate.cache.put_key(key, answer, epoch)
         return self._gate.judge(rule, answer, tenant)
 
 
@@ -834,7 +848,7 @@ class AsyncGuard(grpc.aio.ServerInterceptor):
         self._auth = auth
         self.revocations = RevocationPush(self._gate.cache, metrics_registry)
         if watch_revocations is None:
-            watch_revocations = auth._service is not None
+            watch_revocations = auth.has_service_credentials
         self._watcher = _AsyncWatcher(auth, self.revocations) if watch_revocations else None
 
     def start(self) -> None:
@@ -862,6 +876,9 @@ class AsyncGuard(grpc.aio.ServerInterceptor):
             return None  # type: ignore[return-value]  # not served here: grpc answers UNIMPLEMENTED
         details: Any = handler_call_details
         method: str = details.method
+        rule = self._gate.find(method)
+        if rule is not None and rule.public:
+            return handler  # nothing to check, and current_identity() is None there already
         metadata = details.invocation_metadata
 
         async def admit(context: grpc.aio.ServicerContext) -> Identity | None:
@@ -908,12 +925,13 @@ class AsyncGuard(grpc.aio.ServerInterceptor):
         if rule.public:
             return None
         tenant, token = self._gate.credentials(metadata)
-        answer = self._gate.cache.get(tenant, token)
+        key = self._gate.cache.key(tenant, token)
+        answer = self._gate.cache.get_key(key)
         if answer is None:
             epoch = self._gate.cache.epoch
             try:
                 answer = await self._auth.introspect(token, tenant=tenant, timeout=self._gate.introspect_timeout)
             except AuthServiceError as error:
                 raise self._gate.unreachable(method, error) from error
-            self._gate.cache.put(tenant, token, answer, epoch)
+            self._gate.cache.put_key(key, answer, epoch)
         return self._gate.judge(rule, answer, tenant)
