@@ -163,12 +163,7 @@ class Accounts:
     ) -> bool:
         """One throttled password check: counted per source and per (identifier, source), and on
         failure against the identifier's account budget. A failure never ends a session."""
-        self._throttle.admit_source(tenant, source, now)
-        try:
-            ordinal = self._throttle.reserve_pair(tenant, identifier, source, now)
-        except AuthError:
-            self._throttle.refund_source(tenant, source, now)
-            raise
+        ordinal = self._throttle.begin_check(tenant, identifier, source, now)
         try:
             if user is None:
                 self._hasher.verify_dummy(source)

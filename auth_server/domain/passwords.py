@@ -70,9 +70,9 @@ class FairGate:
                 self._free -= 1
                 self._admit(source)
                 return True
-            queue = self._queues.get(source)
-            if self._waiting >= self._max_waiting or (queue is not None and len(queue) >= self._per_source):
+            if not self._may_wait(source):
                 return False
+            queue = self._queues.get(source)
             if queue is None:
                 queue = self._queues[source] = deque()
             turn = threading.Event()
@@ -88,10 +88,12 @@ class FairGate:
         far less than the hash it saves, or the refusals themselves take the cores from the hashes.
         """
         with self._lock:
-            if self._free > 0 and not self._waiting:
-                return True
-            queue = self._queues.get(source)
-            return self._waiting < self._max_waiting and (queue is None or len(queue) < self._per_source)
+            return (self._free > 0 and not self._waiting) or self._may_wait(source)
+
+    def _may_wait(self, source: str) -> bool:
+        """Whether the queue, and this source's share of it, have room (call under the lock)."""
+        queue = self._queues.get(source)
+        return self._waiting < self._max_waiting and (queue is None or len(queue) < self._per_source)
 
     def _admit(self, source: str) -> None:
         self._tick += 1

@@ -183,12 +183,7 @@ class ServiceAccounts:
         refusal = self._throttle.pair_blocked(tenant, identifier, source, now)
         if refusal is not None:
             raise refusal
-        self._throttle.admit_source(tenant, source, now)
-        try:
-            ordinal = self._throttle.reserve_pair(tenant, identifier, source, now)
-        except AuthError:
-            self._throttle.refund_source(tenant, source, now)
-            raise
+        ordinal = self._throttle.begin_check(tenant, identifier, source, now)
         plausible = len(client_id) <= MAX_CLIENT_ID_CHARS and len(client_secret) <= MAX_SECRET_CHARS
         account = self._store.get_service_account(client_id) if plausible else None
         with_previous = False

@@ -79,9 +79,9 @@ class Sessions:
         was refreshed: a refresh token stolen and kept in use dies with it."""
         return session.created_at + self._max_lifetime
 
-    def _refresh_expiry(self, session: Session, now: datetime) -> datetime:
+    def _refresh_expiry(self, created_at: datetime, now: datetime) -> datetime:
         # The refresh lifetime slides on each rotation, but never past the session's absolute end.
-        return min(now + self._refresh_ttl, self._ends_at(session))
+        return min(now + self._refresh_ttl, created_at + self._max_lifetime)
 
     # --- authentication (the guard's per-call path: one JWT check, one store read, rarely a write)
 
@@ -123,7 +123,7 @@ class Sessions:
             user_agent=device.user_agent,
             created_at=now,
             last_activity=now,
-            expires_at=now + min(self._refresh_ttl, self._max_lifetime),
+            expires_at=self._refresh_expiry(now, now),
             refresh_nonce=nonce,
             refresh_generation=0,
             refresh_hash=self._keys.hash("refresh", refresh_token),
@@ -169,7 +169,7 @@ class Sessions:
                     "refresh_hash": self._keys.hash("refresh", new_token),
                     "rotated_at": now,
                     "last_activity": now,
-                    "expires_at": self._refresh_expiry(session, now),
+                    "expires_at": self._refresh_expiry(session.created_at, now),
                 },
                 expect={"refresh_generation": session.refresh_generation, "revoked_at": None},
             )

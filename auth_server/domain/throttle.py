@@ -66,8 +66,11 @@ class Throttle:
     def _digest(self, identifier: str) -> str:
         return self._keys.hash("throttle", identifier)[:16].hex()
 
+    def _pair_prefix(self, identifier: str) -> str:
+        return f"pair:{self._digest(identifier)}:"
+
     def _pair_key(self, identifier: str, ip: str) -> str:
-        return f"pair:{self._digest(identifier)}:{source_of(ip)}"
+        return self._pair_prefix(identifier) + source_of(ip)
 
     def _account_key(self, identifier: str) -> str:
         return f"acct:{self._digest(identifier)}"
@@ -97,14 +100,25 @@ class Throttle:
 
     def refund_source(self, tenant: str, ip: str, now: datetime) -> None:
         """Give back a check that was admitted but then refused before any password was checked."""
-        if not self._settings.source_login_rate:
-            return
+        if self._settings.source_login_rate:
+            self._decrement(tenant, f"src:{source_of(ip)}", now)
 
+    def _decrement(self, tenant: str, key: str, now: datetime) -> None:
         def step(counter: Counter | None) -> tuple[None, dict[str, object] | None]:
             counter = _live(counter, now)
             return None, ({"count": counter.count - 1} if counter is not None and counter.count > 0 else None)
 
-        self._swap(tenant, f"src:{source_of(ip)}", step)
+        self._swap(tenant, key, step)
+
+    def begin_check(self, tenant: str, identifier: str, ip: str, now: datetime) -> int:
+        """Count a password (or secret) check per source and reserve it per (identifier, source); its
+        ordinal in the run of failures (see `reserve_pair`). A refusal gives the source's count back."""
+        self.admit_source(tenant, ip, now)
+        try:
+            return self.reserve_pair(tenant, identifier, ip, now)
+        except AuthError:
+            self.refund_source(tenant, ip, now)
+            raise
 
     # -- per (identifier, source) ----------------------------------------------------------------
 
@@ -159,12 +173,7 @@ class Throttle:
 
     def pair_release(self, tenant: str, identifier: str, ip: str, now: datetime) -> None:
         """Give back a reservation whose password was never checked (the hashing gate refused it)."""
-
-        def step(counter: Counter | None) -> tuple[None, dict[str, object] | None]:
-            counter = _live(counter, now)
-            return None, ({"count": counter.count - 1} if counter is not None and counter.count > 0 else None)
-
-        self._swap(tenant, self._pair_key(identifier, ip), step)
+        self._decrement(tenant, self._pair_key(identifier, ip), now)
 
     def pair_succeeded(self, tenant: str, identifier: str, ip: str, now: datetime) -> None:
         """A correct password from this source ends its run of failures and its escalation."""
@@ -211,7 +220,7 @@ class Throttle:
         """End the account budgets and every per-source lock of these identifiers (the unlock link)."""
         for identifier in dict.fromkeys(identifiers):
             self._store.delete_counters(tenant, self._account_key(identifier))
-            self._store.delete_counters(tenant, f"pair:{self._digest(identifier)}:")
+            self._store.delete_counters(tenant, self._pair_prefix(identifier))
 
 
 def _fresh(now: datetime, expires_at: datetime, count: int = 1) -> dict[str, object]:
