@@ -23,14 +23,17 @@ from grpc_reflection.v1alpha import reflection
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.api.guard import Guard, Rule, load_rules
 from auth_server.api.servicers.admin import AdminServicer
-from auth_server.api.servicers.auth import AuthServicer
+from auth_server.api.servicers.auth import AccountFlows, AuthServicer
 from auth_server.domain.accounts import Accounts
 from auth_server.domain.admin import Admin
 from auth_server.domain.audit import Audit
 from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.profile import Profiles
+from auth_server.domain.recovery import Recovery
 from auth_server.domain.revocations import RevocationFeed
 from auth_server.domain.services import ServiceAccounts
 from auth_server.domain.sessions import Sessions
+from auth_server.domain.signups import Signups
 from auth_server.domain.throttle import Throttle
 from auth_server.domain.tokens import RefreshTokens, access_tokens_for
 from auth_server.infra.config import ConfigError, Settings, load_dev_secret
@@ -187,7 +190,10 @@ def create_server(
     audit = Audit(store, metrics.count_event)
     sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
     throttle = Throttle(store, settings, keys)
-    accounts = Accounts(store, settings, keys, hasher, mailer or build_mailer(settings), sessions, audit, throttle)
+    mailer = mailer or build_mailer(settings)
+    parts = (store, settings, keys, hasher, mailer, sessions, audit, throttle)
+    accounts = Accounts(*parts)
+    flows = AccountFlows(signups=Signups(*parts), recovery=Recovery(*parts), profiles=Profiles(*parts))
     services = ServiceAccounts(store, keys, audit, settings.tenants, access_tokens=access_tokens, throttle=throttle)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
     if settings.introspect_access == "public":  # AUTH_INTROSPECT_ACCESS=public: the pre-service-account rule
@@ -204,7 +210,8 @@ def create_server(
         ],
     )
     revocations = RevocationFeed(store, max_streams=settings.watch_streams or max(1, settings.grpc_threads // 4))
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, sessions, services, revocations), server)
+    auth_servicer = AuthServicer(accounts, sessions, services, revocations, flows)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store, audit)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -78,6 +78,16 @@ class Settings:
     # AUTH_INTROSPECT_ACCESS: "service": Introspect needs a service token (its rule in auth.proto);
     # "public": anyone may call it (the behaviour before service accounts, for a migration)
     introspect_access: str = "service"
+    # Account lifecycle (issue 14)
+    reset_ttl: int = 900  # AUTH_RESET_TTL seconds a password-reset code lives
+    signup_ttl: int = 900  # AUTH_SIGNUP_TTL seconds a sign-up code (and the username it holds) lives
+    email_change_ttl: int = 900  # AUTH_EMAIL_CHANGE_TTL seconds a code sent to a new address lives
+    report_ttl: int = 7 * 86400  # AUTH_REPORT_TTL seconds a "This wasn't me" link works
+    new_device_mail: bool = True  # AUTH_NEW_DEVICE_MAIL: on: mail a notice of a sign-in from a new device
+    default_phone_region: str = "US"  # AUTH_DEFAULT_PHONE_REGION: region of phone numbers without a country code
+    max_sessions_per_user: int = 100  # AUTH_MAX_SESSIONS_PER_USER: a new session beyond it ends the idlest; 0: no cap
+    audit_retention: int = 90 * 86400  # AUTH_AUDIT_RETENTION seconds audit events are kept
+    purge_interval: int = 600  # AUTH_PURGE_INTERVAL seconds between purges of expired records; 0: never
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -280,7 +290,19 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     introspect_access = (env.get("AUTH_INTROSPECT_ACCESS") or "service").strip().lower()
     if introspect_access not in ("service", "public"):
         raise ConfigError(f"AUTH_INTROSPECT_ACCESS: expected service or public, got {introspect_access!r}")
+    region = (env.get("AUTH_DEFAULT_PHONE_REGION") or "US").strip().upper()
+    if not (len(region) == 2 and region.isascii() and region.isalpha()):
+        raise ConfigError(f"AUTH_DEFAULT_PHONE_REGION: expected a two-letter region code such as US, got {region!r}")
     return Settings(
+        reset_ttl=_int(env, "AUTH_RESET_TTL", 900, 60, 86400),
+        signup_ttl=_int(env, "AUTH_SIGNUP_TTL", 900, 60, 86400),
+        email_change_ttl=_int(env, "AUTH_EMAIL_CHANGE_TTL", 900, 60, 86400),
+        report_ttl=_int(env, "AUTH_REPORT_TTL", 7 * 86400, 60, 30 * 86400),
+        new_device_mail=_bool(env, "AUTH_NEW_DEVICE_MAIL", True),
+        default_phone_region=region,
+        max_sessions_per_user=_int(env, "AUTH_MAX_SESSIONS_PER_USER", 100, 0, 1_000_000),
+        audit_retention=_int(env, "AUTH_AUDIT_RETENTION", 90 * 86400, 3600, 100 * 365 * 86400),
+        purge_interval=_int(env, "AUTH_PURGE_INTERVAL", 600, 0, 7 * 86400),
         introspect_access=introspect_access,
         jwt_algorithm=algorithm,
         jwt_private_key_file=key_file,

@@ -26,7 +26,8 @@ class StoreUnavailable(StoreError):
 
 
 class DuplicateKey(StoreError):
-    """A unique field already holds this value in the tenant; `field` names it ("username", "email", "id")."""
+    """A unique field already holds this value in the tenant; `field` names it ("username", "email",
+    "phone", "id")."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"duplicate {field}")
@@ -39,7 +40,7 @@ class User:
     username: str  # normalised (lower case); unique per tenant
     email: str  # normalised (lower case); unique per tenant
     name: str
-    phone: str
+    phone: str  # E.164 or ""; unique per tenant when set
     role: str  # "user" | "manager" | "admin"
     password_hash: bytes
     created_at: datetime
@@ -51,6 +52,7 @@ class User:
     unlock_token_hash: bytes | None = None  # keyed hash of the e-mailed unlock token
     unlock_token_expires_at: datetime | None = None
     password_changed_at: datetime | None = None
+    email_verified: bool = False  # a code mailed to `email` was redeemed (sign-up, e-mail change)
 
     def is_locked(self, now: datetime) -> bool:
         return self.admin_locked or (self.locked_until is not None and self.locked_until > now)
@@ -79,13 +81,18 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class LoginChallenge:
-    id: str  # the login_id handed to the caller
-    user_id: str
-    otp_hash: bytes  # keyed hash of the 6-digit code
+    """Something mailed that someone must redeem once before it expires: a login code, and, by `kind`,
+    a pending sign-up, a password reset, an e-mail change or a "This wasn't me" link."""
+
+    id: str  # the id handed to the caller (login_id, signup_id, reset_id, change_id)
+    user_id: str  # "" for a pending sign-up (no user yet)
+    otp_hash: bytes  # keyed hash of the 6-digit code (or of the mailed token)
     created_at: datetime
     expires_at: datetime
-    attempts: int = 0  # VerifyOtp calls made against it, right or wrong
-    consumed_at: datetime | None = None  # set when redeemed or superseded by a newer login
+    attempts: int = 0  # redemption attempts made against it, right or wrong
+    consumed_at: datetime | None = None  # set when redeemed or superseded by a newer one of its kind
+    kind: str = "login"  # "login" | "signup" | "reset" | "email_change" | "signin_report"
+    payload: str = ""  # a JSON object the kind needs (a pending sign-up's fields, the new e-mail); no secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,7 @@ class Counter:
     blocked_until: datetime | None = None  # refused until then (a lock episode, a lease)
     level: int = 0  # escalation: how many lock episodes so far
     expires_at: datetime | None = None  # after it the counter means nothing and may be deleted
+    owner: str = ""  # who holds it, for a lease or hold that names its holder (a pending sign-up's username)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +196,10 @@ class Store(Protocol):
     def get_user(self, tenant: str, user_id: str) -> User | None: ...
 
     def find_user(self, tenant: str, username_or_email: str) -> User | None:
-        """The user whose normalised username or e-mail equals the (already normalised) argument.
+        """The user whose normalised username, e-mail or (non-empty) phone equals the (already
+        normalised) argument.
 
-        Should one user's username equal another's e-mail, the username match wins.
+        Should one user's username equal another's e-mail or phone, the username match wins, then the e-mail.
         """
 
     def list_users(self, tenant: str, after_id: str | None, limit: int) -> list[User]:
@@ -210,7 +219,8 @@ class Store(Protocol):
         set: dict[str, Any] | None = None,
         inc: dict[str, int] | None = None,
         expect: dict[str, Any] | None = None,
-    ) -> User | None: ...
+    ) -> User | None:
+        """As every update_*; DuplicateKey("username"|"email"|"phone") when a unique field would collide."""
 
     # sessions
     def create_session(self, tenant: str, session: Session) -> None: ...
@@ -256,8 +266,8 @@ class Store(Protocol):
         expect: dict[str, Any] | None = None,
     ) -> LoginChallenge | None: ...
 
-    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
-        """Mark every open challenge of the user consumed (a newer login supersedes them)."""
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime, kind: str = "login") -> int:
+        """Mark every open challenge of this kind of the user consumed (a newer one supersedes them)."""
 
     # counters (throttles, leases): see Counter
     def create_counter(self, tenant: str, counter: Counter) -> None:

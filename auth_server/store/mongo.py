@@ -279,11 +279,14 @@ class MongoStore:
         set: Mapping[str, Any] | None,
         inc: Mapping[str, int] | None,
         expect: Mapping[str, Any] | None,
+        derived: Mapping[str, Any] | None = None,
     ) -> Any:
         check_update(spec, set, inc, expect)
         # Equality on a checked scalar value; null also matches a missing field, as the protocol wants.
         query = {"_id": record_id, **(expect or {})}
         update = {op: dict(values) for op, values in (("$set", set), ("$inc", inc)) if values}
+        if derived:  # adapter-only fields that follow a record field (the users' phone_key)
+            update.setdefault("$set", {}).update(derived)
         if not update:  # nothing to change: a conditional read
             return _record(spec, collection.find_one(query))
         with self._writing():
@@ -297,9 +300,10 @@ class MongoStore:
         check_record(USER, user)
         users = self._tenant(tenant).users
         try:
-            users.insert_one(_document(USER, user))
+            users.insert_one({**_document(USER, user), "phone_key": _phone_key(user.phone, user.id)})
         except DuplicateKeyError as exc:
-            raise DuplicateKey(_duplicate_field(exc, users, user)) from exc
+            values = {"username": user.username, "email": user.email, "phone": user.phone}
+            raise DuplicateKey(_duplicate_field(exc, users, values, user.id)) from exc
 
     @_unavailable_on_connection_failure
     def get_user(self, tenant: str, user_id: str) -> User | None:
@@ -307,10 +311,13 @@ class MongoStore:
 
     @_unavailable_on_connection_failure
     def find_user(self, tenant: str, username_or_email: str) -> User | None:
-        query = {"$or": [{"username": username_or_email}, {"email": username_or_email}]}
-        found = list(self._tenant(tenant).users.find(query).limit(2))
-        # Should one user's username equal another's e-mail, the username match wins.
-        found.sort(key=lambda doc: doc["username"] != username_or_email)
+        key = username_or_email
+        branches: list[dict[str, Any]] = [{"username": key}, {"email": key}]
+        if key:
+            branches.append({"phone_key": key})
+        found = list(self._tenant(tenant).users.find({"$or": branches}).limit(3))
+        # Should one user's username equal another's e-mail or phone, the username match wins, then the e-mail.
+        found.sort(key=lambda doc: (doc["username"] != key, doc["email"] != key))
         return _record(USER, found[0]) if found else None
 
     @_unavailable_on_connection_failure
@@ -338,7 +345,16 @@ class MongoStore:
         inc: dict[str, int] | None = None,
         expect: dict[str, Any] | None = None,
     ) -> User | None:
-        return self._update(self._tenant(tenant).users, USER, user_id, set, inc, expect)
+        users = self._tenant(tenant).users
+        derived = {"phone_key": _phone_key(set["phone"], user_id)} if set and "phone" in set else None
+        try:
+            return self._update(users, USER, user_id, set, inc, expect, derived)
+        except OperationFailure as exc:
+            # FerretDB 1.24 answers a unique index's refusal of findAndModify as InternalError (code 1).
+            if not isinstance(exc, DuplicateKeyError) and "UNIQUE constraint failed" not in str(exc):
+                raise
+            values = {name: (set or {}).get(name) for name in ("username", "email", "phone")}
+            raise DuplicateKey(_duplicate_field(exc, users, values, user_id)) from exc
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -416,10 +432,14 @@ class MongoStore:
         return self._update(self._tenant(tenant).challenges, CHALLENGE, challenge_id, set, inc, expect)
 
     @_unavailable_on_connection_failure
-    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime, kind: str = "login") -> int:
         challenges = self._tenant(tenant).challenges
+        # A document written before kinds existed has none and is a login challenge.
+        of_kind: dict[str, Any] = {"$in": [kind, None]} if kind == "login" else kind
         with self._writing():
-            result = challenges.update_many({"user_id": user_id, "consumed_at": None}, {"$set": {"consumed_at": now}})
+            result = challenges.update_many(
+                {"user_id": user_id, "kind": of_kind, "consumed_at": None}, {"$set": {"consumed_at": now}}
+            )
         return result.modified_count
 
     # -- counters --------------------------------------------------------------------------------
@@ -576,9 +596,25 @@ class MongoStore:
 _MAX_APPEND_ATTEMPTS = 50
 
 
+def _phone_key(phone: str, user_id: str) -> str:
+    """The users' `phone_key`: the phone, or for a user without one a value no phone can be ("~" + id).
+    Phones are unique per tenant when set; FerretDB has no partial or sparse index, so the unique index
+    is on this derived field instead."""
+    return phone or f"~{user_id}"
+
+
 def _create_indexes(handles: _Tenant) -> None:
     handles.users.create_index("username", unique=True, name="username_unique")
     handles.users.create_index("email", unique=True, name="email_unique")
+    # Users written before phones were unique have no phone_key yet.
+    for doc in handles.users.find({"phone_key": {"$exists": False}}, projection={"phone": 1}):
+        key = _phone_key(doc.get("phone", ""), doc["_id"])
+        handles.users.update_one({"_id": doc["_id"], "phone_key": {"$exists": False}}, {"$set": {"phone_key": key}})
+    try:
+        handles.users.create_index("phone_key", unique=True, name="phone_unique")
+    except OperationFailure as exc:  # two users of an older version share a phone: serve on, say what to fix
+        where = handles.users.database.name
+        _log.error("cannot enforce unique phones in %s until the duplicates are removed: %s", where, exc)
     handles.sessions.create_index("user_id", name="user_id")
     handles.challenges.create_index("user_id", name="user_id")
     handles.events.create_index([("user_id", ASCENDING), ("_id", DESCENDING)], name="user_id_newest")
@@ -590,18 +626,23 @@ def _create_indexes(handles: _Tenant) -> None:
             _log.warning("no TTL index on %s.%s: %s", collection.database.name, collection.name, exc)
 
 
-def _duplicate_field(exc: DuplicateKeyError, users: Collection[dict[str, Any]], user: User) -> str:
-    """Which unique field the failed insert collided on: "username", "email" or "id"."""
+def _duplicate_field(
+    exc: OperationFailure, users: Collection[dict[str, Any]], values: Mapping[str, str | None], user_id: str
+) -> str:
+    """Which unique field the failed write of `values` to user `user_id` collided on: "username",
+    "email", "phone" or "id"."""
     details = exc.details or {}
     # MongoDB names the key (keyPattern/keyValue since 4.2, the index name in the message before).
     for key in details.get("keyPattern") or details.get("keyValue") or {}:
-        return "id" if key == "_id" else str(key)
+        return {"_id": "id", "phone_key": "phone"}.get(key, str(key))
     message = str(details.get("errmsg", exc))
-    for field, index in (("username", "username_unique"), ("email", "email_unique"), ("id", "_id_")):
+    indexes = (("username", "username_unique"), ("email", "email_unique"), ("phone", "phone_unique"), ("id", "_id_"))
+    for field, index in indexes:
         if f"index: {index} " in message:
             return field
-    # FerretDB 1.24 names neither: look for the taken value (the insert failed, so one is there).
-    for field, key, value in (("username", "username", user.username), ("email", "email", user.email)):
-        if users.find_one({key: value}, projection={"_id": 1}) is not None:
+    # FerretDB 1.24 names neither: look for the taken value in another user (the write failed, so one is there).
+    for field, key in (("username", "username"), ("email", "email"), ("phone", "phone_key")):
+        value = values.get(field)
+        if value and users.find_one({key: value, "_id": {"$ne": user_id}}, projection={"_id": 1}) is not None:
             return field
     return "id"

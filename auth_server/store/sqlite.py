@@ -25,6 +25,8 @@ Datetimes are stored as integer milliseconds since the epoch (UTC), bytes as BLO
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import queue
 import sqlite3
@@ -33,7 +35,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from auth_server.infra.clock import utcnow
 from auth_server.infra.private_files import create_private_file, make_private_dir, restrict
@@ -62,6 +64,7 @@ from auth_server.store.base import (
     replace,
 )
 
+_log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "bool": "INTEGER", "bytes": "BLOB", "datetime": "INTEGER"}
@@ -161,6 +164,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS revocations_tenant ON revocations (tenant, seq)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_username ON users (tenant, username)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users (tenant, email)",
+    # Partial: most users have no phone, and "" must not collide with "".
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_phone ON users (tenant, phone) WHERE phone != ''",
     "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS login_challenges_user ON login_challenges (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (tenant, user_id, id)",
@@ -181,6 +186,35 @@ class _Connection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.busy = threading.Lock()
+
+
+def _raise_duplicate(exc: sqlite3.IntegrityError) -> NoReturn:
+    # "UNIQUE constraint failed: users.tenant, users.email": the last column names the field.
+    column = str(exc).rsplit(".", 1)[-1]
+    if column in ("username", "email", "phone", "id"):
+        raise DuplicateKey(column) from exc
+    raise exc
+
+
+def _added_columns(conn: sqlite3.Connection) -> list[str]:
+    """ALTER TABLE statements for record fields a file made by an older version lacks (each field added
+    since has a default, which fills the rows already there)."""
+    statements = []
+    for table in _TABLES:
+        have = {row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table.name,))}
+        for f in dataclasses.fields(table.spec.cls):
+            if f.name in have:
+                continue
+            if f.default is dataclasses.MISSING:
+                raise StoreUnavailable(f"{table.name} lacks the column {f.name}, which has no default to fill it")
+            kind = table.spec.kinds[f.name]
+            default = _encode(kind, f.default)
+            literal = "NULL" if default is None else repr(int(default) if kind in ("bool", "int") else default)
+            not_null = "" if f.name in table.spec.nullable else " NOT NULL"
+            statements.append(
+                f"ALTER TABLE {table.name} ADD COLUMN {f.name} {_SQL_TYPES[kind]}{not_null} DEFAULT {literal}"
+            )
+    return statements
 
 
 def _is_unavailable(exc: sqlite3.Error) -> bool:
@@ -318,13 +352,22 @@ class SqliteStore:
             f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})",  # noqa: S608
             names,
         ).fetchone()
-        if found == len(names):
+        if found == len(names) and not _added_columns(conn):
             return
         conn.execute("PRAGMA journal_mode = WAL")  # persistent: recorded in the file itself
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA[: len(_TABLES)]:
                 conn.execute(statement)
+            for statement in _added_columns(conn):  # read again under the write lock
+                conn.execute(statement)
+            for statement in _SCHEMA[len(_TABLES) :]:
+                try:
+                    conn.execute(statement)
+                except sqlite3.IntegrityError:
+                    # Only a unique index over data an older version let repeat (two users with one phone):
+                    # serve on, and say what to fix; the domain still checks before it writes.
+                    _log.error("cannot enforce %r until the duplicates are removed", statement)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -484,22 +527,22 @@ class SqliteStore:
             self._insert(_USERS, tenant, user)
         except sqlite3.IntegrityError as exc:
             # "UNIQUE constraint failed: users.tenant, users.email": the last column names the field.
-            column = str(exc).rsplit(".", 1)[-1]
-            if column in ("username", "email", "id"):
-                raise DuplicateKey(column) from exc
-            raise
+            _raise_duplicate(exc)
 
     def get_user(self, tenant: str, user_id: str) -> User | None:
         return self._get(_USERS, tenant, user_id)
 
     def find_user(self, tenant: str, username_or_email: str) -> User | None:
-        # Should one user's username equal another's e-mail, the username match wins.
+        # Should one user's username equal another's e-mail or phone, the username match wins.
+        key = username_or_email
         rows, _ = self._execute(
             # The tenant is repeated in each branch so each one can use its unique index.
             _USERS.select(
-                "(tenant = ? AND username = ?) OR (tenant = ? AND email = ?) ORDER BY username = ? DESC LIMIT 1"
+                "(tenant = ? AND username = ?) OR (tenant = ? AND email = ?)"
+                " OR (tenant = ? AND phone = ? AND phone != '')"
+                " ORDER BY username = ? DESC, email = ? DESC LIMIT 1"
             ),
-            (tenant, username_or_email, tenant, username_or_email, username_or_email),
+            (tenant, key, tenant, key, tenant, key, key, key),
         )
         return _USERS.decode(rows[0]) if rows else None
 
@@ -525,7 +568,10 @@ class SqliteStore:
         inc: dict[str, int] | None = None,
         expect: dict[str, Any] | None = None,
     ) -> User | None:
-        return self._update(_USERS, tenant, user_id, set, inc, expect)
+        try:
+            return self._update(_USERS, tenant, user_id, set, inc, expect)
+        except sqlite3.IntegrityError as exc:
+            _raise_duplicate(exc)
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -594,10 +640,11 @@ class SqliteStore:
     ) -> LoginChallenge | None:
         return self._update(_CHALLENGES, tenant, challenge_id, set, inc, expect)
 
-    def consume_challenges(self, tenant: str, user_id: str, now: datetime) -> int:
+    def consume_challenges(self, tenant: str, user_id: str, now: datetime, kind: str = "login") -> int:
         _, count = self._execute(
-            "UPDATE login_challenges SET consumed_at = ? WHERE tenant = ? AND user_id = ? AND consumed_at IS NULL",
-            (_encode("datetime", now), tenant, user_id),
+            "UPDATE login_challenges SET consumed_at = ?"
+            " WHERE tenant = ? AND user_id = ? AND kind = ? AND consumed_at IS NULL",
+            (_encode("datetime", now), tenant, user_id, kind),
         )
         return count
 

@@ -20,7 +20,7 @@ def new_user(**fields: Any) -> User:
         "username": handle,
         "email": f"{handle}@example.test",
         "name": "Test User",
-        "phone": "+15550100",
+        "phone": f"+1555{secrets.randbelow(10**7):07d}",  # unique per tenant when set
         "role": "user",
         "password_hash": b"$2b$04$" + secrets.token_hex(26).encode(),
         "created_at": utcnow(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -12,16 +13,36 @@ from auth_server.api.servicers import convert
 from auth_server.domain import devices
 from auth_server.domain.accounts import Accounts
 from auth_server.domain.errors import AuthError, Code
+from auth_server.domain.profile import Profiles
+from auth_server.domain.recovery import Recovery
 from auth_server.domain.revocations import RevocationFeed
 from auth_server.domain.services import ServiceAccounts
 from auth_server.domain.sessions import Device, Sessions
+from auth_server.domain.signups import Signups
 from auth_server.domain.tokens import ServiceClaims
+
+
+@dataclass(frozen=True)
+class AccountFlows:
+    """The account lifecycle's domain parts: sign-up, recovery, the caller's profile."""
+
+    signups: Signups
+    recovery: Recovery
+    profiles: Profiles
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
-        self, accounts: Accounts, sessions: Sessions, services: ServiceAccounts, revocations: RevocationFeed
+        self,
+        accounts: Accounts,
+        sessions: Sessions,
+        services: ServiceAccounts,
+        revocations: RevocationFeed,
+        flows: AccountFlows,
     ) -> None:
+        self._signups = flows.signups
+        self._recovery = flows.recovery
+        self._profiles = flows.profiles
         self._revocations = revocations
         self._accounts = accounts
         self._sessions = sessions

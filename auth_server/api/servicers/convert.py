@@ -36,6 +36,7 @@ def user(record: User, tenant: str) -> auth_pb2.User:
         locked=record.is_locked(utcnow()),
         created_at=timestamp(record.created_at),
         tenant_id=tenant,
+        email_verified=record.email_verified,
     )
 
 

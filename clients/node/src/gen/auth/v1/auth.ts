@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { Role } from "./access";
 
@@ -58,6 +59,8 @@ export interface User {
   locked: boolean;
   createdAt: Date | undefined;
   tenantId: string;
+  /** True once the user proved the e-mail address is theirs (a code mailed to it was redeemed). */
+  emailVerified: boolean;
 }
 
 /** Session is one logged-in device. */
@@ -79,14 +82,101 @@ export interface SignupRequest {
   email: string;
   password: string;
   name: string;
+  /** Optional; normalised to E.164 ("+14155550123"). Without a country code, AUTH_DEFAULT_PHONE_REGION's. */
   phone: string;
 }
 
+/** The same fields are set whether or not the e-mail already has an account. */
 export interface SignupResponse {
+  /** Identifies the pending sign-up that VerifySignup completes. */
+  signupId: string;
+  expiresAt:
+    | Date
+    | undefined;
+  /** Where the code went, masked: "j***@example.com". */
+  deliveryHint: string;
+}
+
+export interface VerifySignupRequest {
+  signupId: string;
+  code: string;
+}
+
+export interface VerifySignupResponse {
+  user: User | undefined;
+}
+
+export interface RequestPasswordResetRequest {
+  /** A username, an e-mail address or a phone number, as for Login. */
+  usernameOrEmail: string;
+}
+
+export interface RequestPasswordResetResponse {
+  /** Identifies the reset that ResetPassword completes; given whether or not an account matched. */
+  resetId: string;
+  expiresAt: Date | undefined;
+}
+
+export interface ResetPasswordRequest {
+  resetId: string;
+  code: string;
+  newPassword: string;
+}
+
+export interface ResetPasswordResponse {
+  /** How many sessions the reset ended. */
+  revokedCount: number;
+}
+
+export interface ReportSignInRequest {
+  /** The token of the "This wasn't me" link. */
+  token: string;
+}
+
+export interface ReportSignInResponse {
+  /** The password reset started for the account (its code is mailed); complete it with ResetPassword. */
+  resetId: string;
+  expiresAt: Date | undefined;
+}
+
+export interface UpdateMeRequest {
+  name: string;
+  /** Normalised as in SignupRequest; empty removes the phone. */
+  phone: string;
+  /** Which of "name", "phone" to change; empty: every field set in the request. */
+  updateMask: string[] | undefined;
+}
+
+export interface UpdateMeResponse {
+  user: User | undefined;
+}
+
+export interface ChangeEmailRequest {
+  newEmail: string;
+  currentPassword: string;
+}
+
+export interface ChangeEmailResponse {
+  /** Identifies the change that ConfirmEmailChange completes. */
+  changeId: string;
+  expiresAt:
+    | Date
+    | undefined;
+  /** Where the code went, masked. */
+  deliveryHint: string;
+}
+
+export interface ConfirmEmailChangeRequest {
+  changeId: string;
+  code: string;
+}
+
+export interface ConfirmEmailChangeResponse {
   user: User | undefined;
 }
 
 export interface LoginRequest {
+  /** A username, an e-mail address or a phone number (User.phone; normalised as in SignupRequest). */
   usernameOrEmail: string;
   password: string;
   /**
@@ -280,6 +370,7 @@ function createBaseUser(): User {
     locked: false,
     createdAt: undefined,
     tenantId: "",
+    emailVerified: false,
   };
 }
 
@@ -311,6 +402,9 @@ export const User: MessageFns<User> = {
     }
     if (message.tenantId !== "") {
       writer.uint32(74).string(message.tenantId);
+    }
+    if (message.emailVerified !== false) {
+      writer.uint32(80).bool(message.emailVerified);
     }
     return writer;
   },
@@ -400,6 +494,14 @@ export const User: MessageFns<User> = {
             message.tenantId = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.emailVerified = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -426,6 +528,7 @@ export const User: MessageFns<User> = {
     message.locked = object.locked ?? false;
     message.createdAt = object.createdAt ?? undefined;
     message.tenantId = object.tenantId ?? "";
+    message.emailVerified = object.emailVerified ?? false;
     return message;
   },
 };
@@ -669,13 +772,19 @@ export const SignupRequest: MessageFns<SignupRequest> = {
 };
 
 function createBaseSignupResponse(): SignupResponse {
-  return { user: undefined };
+  return { signupId: "", expiresAt: undefined, deliveryHint: "" };
 }
 
 export const SignupResponse: MessageFns<SignupResponse> = {
   encode(message: SignupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.user !== undefined) {
-      User.encode(message.user, writer.uint32(10).fork()).join();
+    if (message.signupId !== "") {
+      writer.uint32(18).string(message.signupId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(26).fork()).join();
+    }
+    if (message.deliveryHint !== "") {
+      writer.uint32(34).string(message.deliveryHint);
     }
     return writer;
   },
@@ -690,6 +799,146 @@ export const SignupResponse: MessageFns<SignupResponse> = {
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
       const message = createBaseSignupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signupId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.deliveryHint = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SignupResponse>): SignupResponse {
+    return SignupResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SignupResponse>): SignupResponse {
+    const message = createBaseSignupResponse();
+    message.signupId = object.signupId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.deliveryHint = object.deliveryHint ?? "";
+    return message;
+  },
+};
+
+function createBaseVerifySignupRequest(): VerifySignupRequest {
+  return { signupId: "", code: "" };
+}
+
+export const VerifySignupRequest: MessageFns<VerifySignupRequest> = {
+  encode(message: VerifySignupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.signupId !== "") {
+      writer.uint32(10).string(message.signupId);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifySignupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifySignupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.signupId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<VerifySignupRequest>): VerifySignupRequest {
+    return VerifySignupRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<VerifySignupRequest>): VerifySignupRequest {
+    const message = createBaseVerifySignupRequest();
+    message.signupId = object.signupId ?? "";
+    message.code = object.code ?? "";
+    return message;
+  },
+};
+
+function createBaseVerifySignupResponse(): VerifySignupResponse {
+  return { user: undefined };
+}
+
+export const VerifySignupResponse: MessageFns<VerifySignupResponse> = {
+  encode(message: VerifySignupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.user !== undefined) {
+      User.encode(message.user, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifySignupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifySignupResponse();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -713,11 +962,791 @@ export const SignupResponse: MessageFns<SignupResponse> = {
     }
   },
 
-  create(base?: DeepPartial<SignupResponse>): SignupResponse {
-    return SignupResponse.fromPartial(base ?? {});
+  create(base?: DeepPartial<VerifySignupResponse>): VerifySignupResponse {
+    return VerifySignupResponse.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<SignupResponse>): SignupResponse {
-    const message = createBaseSignupResponse();
+  fromPartial(object: DeepPartial<VerifySignupResponse>): VerifySignupResponse {
+    const message = createBaseVerifySignupResponse();
+    message.user = (object.user !== undefined && object.user !== null) ? User.fromPartial(object.user) : undefined;
+    return message;
+  },
+};
+
+function createBaseRequestPasswordResetRequest(): RequestPasswordResetRequest {
+  return { usernameOrEmail: "" };
+}
+
+export const RequestPasswordResetRequest: MessageFns<RequestPasswordResetRequest> = {
+  encode(message: RequestPasswordResetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.usernameOrEmail !== "") {
+      writer.uint32(10).string(message.usernameOrEmail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestPasswordResetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestPasswordResetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.usernameOrEmail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestPasswordResetRequest>): RequestPasswordResetRequest {
+    return RequestPasswordResetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestPasswordResetRequest>): RequestPasswordResetRequest {
+    const message = createBaseRequestPasswordResetRequest();
+    message.usernameOrEmail = object.usernameOrEmail ?? "";
+    return message;
+  },
+};
+
+function createBaseRequestPasswordResetResponse(): RequestPasswordResetResponse {
+  return { resetId: "", expiresAt: undefined };
+}
+
+export const RequestPasswordResetResponse: MessageFns<RequestPasswordResetResponse> = {
+  encode(message: RequestPasswordResetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.resetId !== "") {
+      writer.uint32(10).string(message.resetId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestPasswordResetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestPasswordResetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.resetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<RequestPasswordResetResponse>): RequestPasswordResetResponse {
+    return RequestPasswordResetResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestPasswordResetResponse>): RequestPasswordResetResponse {
+    const message = createBaseRequestPasswordResetResponse();
+    message.resetId = object.resetId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseResetPasswordRequest(): ResetPasswordRequest {
+  return { resetId: "", code: "", newPassword: "" };
+}
+
+export const ResetPasswordRequest: MessageFns<ResetPasswordRequest> = {
+  encode(message: ResetPasswordRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.resetId !== "") {
+      writer.uint32(10).string(message.resetId);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    if (message.newPassword !== "") {
+      writer.uint32(26).string(message.newPassword);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResetPasswordRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResetPasswordRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.resetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.newPassword = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ResetPasswordRequest>): ResetPasswordRequest {
+    return ResetPasswordRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResetPasswordRequest>): ResetPasswordRequest {
+    const message = createBaseResetPasswordRequest();
+    message.resetId = object.resetId ?? "";
+    message.code = object.code ?? "";
+    message.newPassword = object.newPassword ?? "";
+    return message;
+  },
+};
+
+function createBaseResetPasswordResponse(): ResetPasswordResponse {
+  return { revokedCount: 0 };
+}
+
+export const ResetPasswordResponse: MessageFns<ResetPasswordResponse> = {
+  encode(message: ResetPasswordResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revokedCount !== 0) {
+      writer.uint32(8).int32(message.revokedCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResetPasswordResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResetPasswordResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revokedCount = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ResetPasswordResponse>): ResetPasswordResponse {
+    return ResetPasswordResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResetPasswordResponse>): ResetPasswordResponse {
+    const message = createBaseResetPasswordResponse();
+    message.revokedCount = object.revokedCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportSignInRequest(): ReportSignInRequest {
+  return { token: "" };
+}
+
+export const ReportSignInRequest: MessageFns<ReportSignInRequest> = {
+  encode(message: ReportSignInRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportSignInRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportSignInRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ReportSignInRequest>): ReportSignInRequest {
+    return ReportSignInRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReportSignInRequest>): ReportSignInRequest {
+    const message = createBaseReportSignInRequest();
+    message.token = object.token ?? "";
+    return message;
+  },
+};
+
+function createBaseReportSignInResponse(): ReportSignInResponse {
+  return { resetId: "", expiresAt: undefined };
+}
+
+export const ReportSignInResponse: MessageFns<ReportSignInResponse> = {
+  encode(message: ReportSignInResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.resetId !== "") {
+      writer.uint32(10).string(message.resetId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportSignInResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportSignInResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.resetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ReportSignInResponse>): ReportSignInResponse {
+    return ReportSignInResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReportSignInResponse>): ReportSignInResponse {
+    const message = createBaseReportSignInResponse();
+    message.resetId = object.resetId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseUpdateMeRequest(): UpdateMeRequest {
+  return { name: "", phone: "", updateMask: undefined };
+}
+
+export const UpdateMeRequest: MessageFns<UpdateMeRequest> = {
+  encode(message: UpdateMeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.phone !== "") {
+      writer.uint32(18).string(message.phone);
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateMeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateMeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.phone = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<UpdateMeRequest>): UpdateMeRequest {
+    return UpdateMeRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateMeRequest>): UpdateMeRequest {
+    const message = createBaseUpdateMeRequest();
+    message.name = object.name ?? "";
+    message.phone = object.phone ?? "";
+    message.updateMask = object.updateMask ?? undefined;
+    return message;
+  },
+};
+
+function createBaseUpdateMeResponse(): UpdateMeResponse {
+  return { user: undefined };
+}
+
+export const UpdateMeResponse: MessageFns<UpdateMeResponse> = {
+  encode(message: UpdateMeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.user !== undefined) {
+      User.encode(message.user, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateMeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateMeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.user = User.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<UpdateMeResponse>): UpdateMeResponse {
+    return UpdateMeResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateMeResponse>): UpdateMeResponse {
+    const message = createBaseUpdateMeResponse();
+    message.user = (object.user !== undefined && object.user !== null) ? User.fromPartial(object.user) : undefined;
+    return message;
+  },
+};
+
+function createBaseChangeEmailRequest(): ChangeEmailRequest {
+  return { newEmail: "", currentPassword: "" };
+}
+
+export const ChangeEmailRequest: MessageFns<ChangeEmailRequest> = {
+  encode(message: ChangeEmailRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.newEmail !== "") {
+      writer.uint32(10).string(message.newEmail);
+    }
+    if (message.currentPassword !== "") {
+      writer.uint32(18).string(message.currentPassword);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangeEmailRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangeEmailRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.newEmail = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.currentPassword = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ChangeEmailRequest>): ChangeEmailRequest {
+    return ChangeEmailRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChangeEmailRequest>): ChangeEmailRequest {
+    const message = createBaseChangeEmailRequest();
+    message.newEmail = object.newEmail ?? "";
+    message.currentPassword = object.currentPassword ?? "";
+    return message;
+  },
+};
+
+function createBaseChangeEmailResponse(): ChangeEmailResponse {
+  return { changeId: "", expiresAt: undefined, deliveryHint: "" };
+}
+
+export const ChangeEmailResponse: MessageFns<ChangeEmailResponse> = {
+  encode(message: ChangeEmailResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.changeId !== "") {
+      writer.uint32(10).string(message.changeId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    if (message.deliveryHint !== "") {
+      writer.uint32(26).string(message.deliveryHint);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangeEmailResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangeEmailResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.changeId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deliveryHint = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ChangeEmailResponse>): ChangeEmailResponse {
+    return ChangeEmailResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChangeEmailResponse>): ChangeEmailResponse {
+    const message = createBaseChangeEmailResponse();
+    message.changeId = object.changeId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.deliveryHint = object.deliveryHint ?? "";
+    return message;
+  },
+};
+
+function createBaseConfirmEmailChangeRequest(): ConfirmEmailChangeRequest {
+  return { changeId: "", code: "" };
+}
+
+export const ConfirmEmailChangeRequest: MessageFns<ConfirmEmailChangeRequest> = {
+  encode(message: ConfirmEmailChangeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.changeId !== "") {
+      writer.uint32(10).string(message.changeId);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmEmailChangeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmEmailChangeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.changeId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ConfirmEmailChangeRequest>): ConfirmEmailChangeRequest {
+    return ConfirmEmailChangeRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmEmailChangeRequest>): ConfirmEmailChangeRequest {
+    const message = createBaseConfirmEmailChangeRequest();
+    message.changeId = object.changeId ?? "";
+    message.code = object.code ?? "";
+    return message;
+  },
+};
+
+function createBaseConfirmEmailChangeResponse(): ConfirmEmailChangeResponse {
+  return { user: undefined };
+}
+
+export const ConfirmEmailChangeResponse: MessageFns<ConfirmEmailChangeResponse> = {
+  encode(message: ConfirmEmailChangeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.user !== undefined) {
+      User.encode(message.user, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmEmailChangeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmEmailChangeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.user = User.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ConfirmEmailChangeResponse>): ConfirmEmailChangeResponse {
+    return ConfirmEmailChangeResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmEmailChangeResponse>): ConfirmEmailChangeResponse {
+    const message = createBaseConfirmEmailChangeResponse();
     message.user = (object.user !== undefined && object.user !== null) ? User.fromPartial(object.user) : undefined;
     return message;
   },
@@ -2546,7 +3575,12 @@ export const ChangePasswordResponse: MessageFns<ChangePasswordResponse> = {
  */
 export type AuthServiceService = typeof AuthServiceService;
 export const AuthServiceService = {
-  /** Signup creates a user with role ROLE_USER. */
+  /**
+   * Signup starts a sign-up and e-mails a 6-digit code; VerifySignup creates the account. The answer is
+   * the same, with the same timing, whether or not the e-mail already has an account (its owner is
+   * mailed a notice instead of a code). USERNAME_TAKEN stays: usernames are public handles, and a
+   * pending sign-up holds its username until it expires.
+   */
   signup: {
     path: "/auth.v1.AuthService/Signup" as const,
     requestStream: false as const,
@@ -2555,6 +3589,65 @@ export const AuthServiceService = {
     requestDeserialize: (value: Buffer): SignupRequest => SignupRequest.decode(value),
     responseSerialize: (value: SignupResponse): Buffer => Buffer.from(SignupResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SignupResponse => SignupResponse.decode(value),
+  },
+  /**
+   * VerifySignup redeems the e-mailed code and creates the user (role ROLE_USER, email_verified true).
+   * Wrong, expired and used codes answer as for VerifyOtp; a phone another account has: PHONE_TAKEN.
+   */
+  verifySignup: {
+    path: "/auth.v1.AuthService/VerifySignup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: VerifySignupRequest): Buffer => Buffer.from(VerifySignupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): VerifySignupRequest => VerifySignupRequest.decode(value),
+    responseSerialize: (value: VerifySignupResponse): Buffer =>
+      Buffer.from(VerifySignupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): VerifySignupResponse => VerifySignupResponse.decode(value),
+  },
+  /**
+   * RequestPasswordReset e-mails a 6-digit code when the username, e-mail or phone names an account.
+   * The answer (a reset_id) and its timing are the same when none does. A new request makes older
+   * reset ids dead.
+   */
+  requestPasswordReset: {
+    path: "/auth.v1.AuthService/RequestPasswordReset" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RequestPasswordResetRequest): Buffer =>
+      Buffer.from(RequestPasswordResetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RequestPasswordResetRequest => RequestPasswordResetRequest.decode(value),
+    responseSerialize: (value: RequestPasswordResetResponse): Buffer =>
+      Buffer.from(RequestPasswordResetResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RequestPasswordResetResponse => RequestPasswordResetResponse.decode(value),
+  },
+  /**
+   * ResetPassword redeems the code and sets a new password: every session ends, known devices are
+   * forgotten, pending logins die, throttles on the account are lifted, and a notice is mailed.
+   */
+  resetPassword: {
+    path: "/auth.v1.AuthService/ResetPassword" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResetPasswordRequest): Buffer => Buffer.from(ResetPasswordRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResetPasswordRequest => ResetPasswordRequest.decode(value),
+    responseSerialize: (value: ResetPasswordResponse): Buffer =>
+      Buffer.from(ResetPasswordResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResetPasswordResponse => ResetPasswordResponse.decode(value),
+  },
+  /**
+   * ReportSignIn redeems the "This wasn't me" link of a new-device sign-in notice: it ends that session
+   * and starts a password reset (a code is mailed, as by RequestPasswordReset). Over HTTP the mailed
+   * link (GET /api/v1/auth/signin/report?token=...) opens a confirmation page whose form posts here.
+   */
+  reportSignIn: {
+    path: "/auth.v1.AuthService/ReportSignIn" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportSignInRequest): Buffer => Buffer.from(ReportSignInRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportSignInRequest => ReportSignInRequest.decode(value),
+    responseSerialize: (value: ReportSignInResponse): Buffer =>
+      Buffer.from(ReportSignInResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportSignInResponse => ReportSignInResponse.decode(value),
   },
   /** Login checks the password and e-mails a 6-digit code; VerifyOtp completes the login. */
   login: {
@@ -2691,6 +3784,44 @@ export const AuthServiceService = {
     responseSerialize: (value: LogoutAllResponse): Buffer => Buffer.from(LogoutAllResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LogoutAllResponse => LogoutAllResponse.decode(value),
   },
+  /**
+   * UpdateMe changes the caller's profile: only the fields named in update_mask ("name", "phone"; AIP-134).
+   * An empty mask changes every field that is set in the request. A phone another account has: PHONE_TAKEN.
+   */
+  updateMe: {
+    path: "/auth.v1.AuthService/UpdateMe" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateMeRequest): Buffer => Buffer.from(UpdateMeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateMeRequest => UpdateMeRequest.decode(value),
+    responseSerialize: (value: UpdateMeResponse): Buffer => Buffer.from(UpdateMeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateMeResponse => UpdateMeResponse.decode(value),
+  },
+  /**
+   * ChangeEmail checks the current password and e-mails a 6-digit code to the new address;
+   * ConfirmEmailChange makes the change.
+   */
+  changeEmail: {
+    path: "/auth.v1.AuthService/ChangeEmail" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ChangeEmailRequest): Buffer => Buffer.from(ChangeEmailRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ChangeEmailRequest => ChangeEmailRequest.decode(value),
+    responseSerialize: (value: ChangeEmailResponse): Buffer => Buffer.from(ChangeEmailResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ChangeEmailResponse => ChangeEmailResponse.decode(value),
+  },
+  /** ConfirmEmailChange redeems the code sent to the new address; a notice goes to the old address. */
+  confirmEmailChange: {
+    path: "/auth.v1.AuthService/ConfirmEmailChange" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfirmEmailChangeRequest): Buffer =>
+      Buffer.from(ConfirmEmailChangeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfirmEmailChangeRequest => ConfirmEmailChangeRequest.decode(value),
+    responseSerialize: (value: ConfirmEmailChangeResponse): Buffer =>
+      Buffer.from(ConfirmEmailChangeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfirmEmailChangeResponse => ConfirmEmailChangeResponse.decode(value),
+  },
   /** ChangePassword sets a new password and revokes every session of the user. */
   changePassword: {
     path: "/auth.v1.AuthService/ChangePassword" as const,
@@ -2706,8 +3837,35 @@ export const AuthServiceService = {
 } as const;
 
 export interface AuthServiceServer extends UntypedServiceImplementation {
-  /** Signup creates a user with role ROLE_USER. */
+  /**
+   * Signup starts a sign-up and e-mails a 6-digit code; VerifySignup creates the account. The answer is
+   * the same, with the same timing, whether or not the e-mail already has an account (its owner is
+   * mailed a notice instead of a code). USERNAME_TAKEN stays: usernames are public handles, and a
+   * pending sign-up holds its username until it expires.
+   */
   signup: handleUnaryCall<SignupRequest, SignupResponse>;
+  /**
+   * VerifySignup redeems the e-mailed code and creates the user (role ROLE_USER, email_verified true).
+   * Wrong, expired and used codes answer as for VerifyOtp; a phone another account has: PHONE_TAKEN.
+   */
+  verifySignup: handleUnaryCall<VerifySignupRequest, VerifySignupResponse>;
+  /**
+   * RequestPasswordReset e-mails a 6-digit code when the username, e-mail or phone names an account.
+   * The answer (a reset_id) and its timing are the same when none does. A new request makes older
+   * reset ids dead.
+   */
+  requestPasswordReset: handleUnaryCall<RequestPasswordResetRequest, RequestPasswordResetResponse>;
+  /**
+   * ResetPassword redeems the code and sets a new password: every session ends, known devices are
+   * forgotten, pending logins die, throttles on the account are lifted, and a notice is mailed.
+   */
+  resetPassword: handleUnaryCall<ResetPasswordRequest, ResetPasswordResponse>;
+  /**
+   * ReportSignIn redeems the "This wasn't me" link of a new-device sign-in notice: it ends that session
+   * and starts a password reset (a code is mailed, as by RequestPasswordReset). Over HTTP the mailed
+   * link (GET /api/v1/auth/signin/report?token=...) opens a confirmation page whose form posts here.
+   */
+  reportSignIn: handleUnaryCall<ReportSignInRequest, ReportSignInResponse>;
   /** Login checks the password and e-mails a 6-digit code; VerifyOtp completes the login. */
   login: handleUnaryCall<LoginRequest, LoginResponse>;
   /** VerifyOtp redeems the e-mailed code and opens a new device session. */
@@ -2748,12 +3906,29 @@ export interface AuthServiceServer extends UntypedServiceImplementation {
   logoutSession: handleUnaryCall<LogoutSessionRequest, LogoutSessionResponse>;
   /** LogoutAll revokes all of the caller's sessions, or all but the calling one. */
   logoutAll: handleUnaryCall<LogoutAllRequest, LogoutAllResponse>;
+  /**
+   * UpdateMe changes the caller's profile: only the fields named in update_mask ("name", "phone"; AIP-134).
+   * An empty mask changes every field that is set in the request. A phone another account has: PHONE_TAKEN.
+   */
+  updateMe: handleUnaryCall<UpdateMeRequest, UpdateMeResponse>;
+  /**
+   * ChangeEmail checks the current password and e-mails a 6-digit code to the new address;
+   * ConfirmEmailChange makes the change.
+   */
+  changeEmail: handleUnaryCall<ChangeEmailRequest, ChangeEmailResponse>;
+  /** ConfirmEmailChange redeems the code sent to the new address; a notice goes to the old address. */
+  confirmEmailChange: handleUnaryCall<ConfirmEmailChangeRequest, ConfirmEmailChangeResponse>;
   /** ChangePassword sets a new password and revokes every session of the user. */
   changePassword: handleUnaryCall<ChangePasswordRequest, ChangePasswordResponse>;
 }
 
 export interface AuthServiceClient extends Client {
-  /** Signup creates a user with role ROLE_USER. */
+  /**
+   * Signup starts a sign-up and e-mails a 6-digit code; VerifySignup creates the account. The answer is
+   * the same, with the same timing, whether or not the e-mail already has an account (its owner is
+   * mailed a notice instead of a code). USERNAME_TAKEN stays: usernames are public handles, and a
+   * pending sign-up holds its username until it expires.
+   */
   signup(
     request: SignupRequest,
     callback: (error: ServiceError | null, response: SignupResponse) => void,
@@ -2768,6 +3943,84 @@ export interface AuthServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SignupResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * VerifySignup redeems the e-mailed code and creates the user (role ROLE_USER, email_verified true).
+   * Wrong, expired and used codes answer as for VerifyOtp; a phone another account has: PHONE_TAKEN.
+   */
+  verifySignup(
+    request: VerifySignupRequest,
+    callback: (error: ServiceError | null, response: VerifySignupResponse) => void,
+  ): ClientUnaryCall;
+  verifySignup(
+    request: VerifySignupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: VerifySignupResponse) => void,
+  ): ClientUnaryCall;
+  verifySignup(
+    request: VerifySignupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: VerifySignupResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * RequestPasswordReset e-mails a 6-digit code when the username, e-mail or phone names an account.
+   * The answer (a reset_id) and its timing are the same when none does. A new request makes older
+   * reset ids dead.
+   */
+  requestPasswordReset(
+    request: RequestPasswordResetRequest,
+    callback: (error: ServiceError | null, response: RequestPasswordResetResponse) => void,
+  ): ClientUnaryCall;
+  requestPasswordReset(
+    request: RequestPasswordResetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RequestPasswordResetResponse) => void,
+  ): ClientUnaryCall;
+  requestPasswordReset(
+    request: RequestPasswordResetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RequestPasswordResetResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ResetPassword redeems the code and sets a new password: every session ends, known devices are
+   * forgotten, pending logins die, throttles on the account are lifted, and a notice is mailed.
+   */
+  resetPassword(
+    request: ResetPasswordRequest,
+    callback: (error: ServiceError | null, response: ResetPasswordResponse) => void,
+  ): ClientUnaryCall;
+  resetPassword(
+    request: ResetPasswordRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResetPasswordResponse) => void,
+  ): ClientUnaryCall;
+  resetPassword(
+    request: ResetPasswordRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResetPasswordResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReportSignIn redeems the "This wasn't me" link of a new-device sign-in notice: it ends that session
+   * and starts a password reset (a code is mailed, as by RequestPasswordReset). Over HTTP the mailed
+   * link (GET /api/v1/auth/signin/report?token=...) opens a confirmation page whose form posts here.
+   */
+  reportSignIn(
+    request: ReportSignInRequest,
+    callback: (error: ServiceError | null, response: ReportSignInResponse) => void,
+  ): ClientUnaryCall;
+  reportSignIn(
+    request: ReportSignInRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportSignInResponse) => void,
+  ): ClientUnaryCall;
+  reportSignIn(
+    request: ReportSignInRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportSignInResponse) => void,
   ): ClientUnaryCall;
   /** Login checks the password and e-mails a 6-digit code; VerifyOtp completes the login. */
   login(
@@ -2956,6 +4209,60 @@ export interface AuthServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LogoutAllResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * UpdateMe changes the caller's profile: only the fields named in update_mask ("name", "phone"; AIP-134).
+   * An empty mask changes every field that is set in the request. A phone another account has: PHONE_TAKEN.
+   */
+  updateMe(
+    request: UpdateMeRequest,
+    callback: (error: ServiceError | null, response: UpdateMeResponse) => void,
+  ): ClientUnaryCall;
+  updateMe(
+    request: UpdateMeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateMeResponse) => void,
+  ): ClientUnaryCall;
+  updateMe(
+    request: UpdateMeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateMeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ChangeEmail checks the current password and e-mails a 6-digit code to the new address;
+   * ConfirmEmailChange makes the change.
+   */
+  changeEmail(
+    request: ChangeEmailRequest,
+    callback: (error: ServiceError | null, response: ChangeEmailResponse) => void,
+  ): ClientUnaryCall;
+  changeEmail(
+    request: ChangeEmailRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ChangeEmailResponse) => void,
+  ): ClientUnaryCall;
+  changeEmail(
+    request: ChangeEmailRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ChangeEmailResponse) => void,
+  ): ClientUnaryCall;
+  /** ConfirmEmailChange redeems the code sent to the new address; a notice goes to the old address. */
+  confirmEmailChange(
+    request: ConfirmEmailChangeRequest,
+    callback: (error: ServiceError | null, response: ConfirmEmailChangeResponse) => void,
+  ): ClientUnaryCall;
+  confirmEmailChange(
+    request: ConfirmEmailChangeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfirmEmailChangeResponse) => void,
+  ): ClientUnaryCall;
+  confirmEmailChange(
+    request: ConfirmEmailChangeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfirmEmailChangeResponse) => void,
   ): ClientUnaryCall;
   /** ChangePassword sets a new password and revokes every session of the user. */
   changePassword(

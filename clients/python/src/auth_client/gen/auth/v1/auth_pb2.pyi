@@ -2,6 +2,7 @@ import datetime
 
 from auth_client.gen.auth.v1 import access_pb2 as _access_pb2
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -32,7 +33,7 @@ REVOCATION_KIND_SERVICE_ACCOUNT_DELETED: RevocationKind
 REVOCATION_KIND_SERVICE_ACCOUNT_ROTATED: RevocationKind
 
 class User(_message.Message):
-    __slots__ = ("id", "username", "email", "name", "phone", "role", "locked", "created_at", "tenant_id")
+    __slots__ = ("id", "username", "email", "name", "phone", "role", "locked", "created_at", "tenant_id", "email_verified")
     ID_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +43,7 @@ class User(_message.Message):
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     id: str
     username: str
     email: str
@@ -51,7 +53,8 @@ class User(_message.Message):
     locked: bool
     created_at: _timestamp_pb2.Timestamp
     tenant_id: str
-    def __init__(self, id: _Optional[str] = ..., username: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., phone: _Optional[str] = ..., role: _Optional[_Union[_access_pb2.Role, str]] = ..., locked: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+    email_verified: bool
+    def __init__(self, id: _Optional[str] = ..., username: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., phone: _Optional[str] = ..., role: _Optional[_Union[_access_pb2.Role, str]] = ..., locked: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., email_verified: _Optional[bool] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("id", "device_name", "ip_address", "user_agent", "created_at", "last_activity", "is_current")
@@ -86,6 +89,116 @@ class SignupRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ..., email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ..., phone: _Optional[str] = ...) -> None: ...
 
 class SignupResponse(_message.Message):
+    __slots__ = ("signup_id", "expires_at", "delivery_hint")
+    SIGNUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_HINT_FIELD_NUMBER: _ClassVar[int]
+    signup_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    delivery_hint: str
+    def __init__(self, signup_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery_hint: _Optional[str] = ...) -> None: ...
+
+class VerifySignupRequest(_message.Message):
+    __slots__ = ("signup_id", "code")
+    SIGNUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    signup_id: str
+    code: str
+    def __init__(self, signup_id: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
+
+class VerifySignupResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class RequestPasswordResetRequest(_message.Message):
+    __slots__ = ("username_or_email",)
+    USERNAME_OR_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    username_or_email: str
+    def __init__(self, username_or_email: _Optional[str] = ...) -> None: ...
+
+class RequestPasswordResetResponse(_message.Message):
+    __slots__ = ("reset_id", "expires_at")
+    RESET_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    reset_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, reset_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ResetPasswordRequest(_message.Message):
+    __slots__ = ("reset_id", "code", "new_password")
+    RESET_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    reset_id: str
+    code: str
+    new_password: str
+    def __init__(self, reset_id: _Optional[str] = ..., code: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+
+class ResetPasswordResponse(_message.Message):
+    __slots__ = ("revoked_count",)
+    REVOKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    revoked_count: int
+    def __init__(self, revoked_count: _Optional[int] = ...) -> None: ...
+
+class ReportSignInRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class ReportSignInResponse(_message.Message):
+    __slots__ = ("reset_id", "expires_at")
+    RESET_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    reset_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, reset_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpdateMeRequest(_message.Message):
+    __slots__ = ("name", "phone", "update_mask")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    phone: str
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, name: _Optional[str] = ..., phone: _Optional[str] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateMeResponse(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
+
+class ChangeEmailRequest(_message.Message):
+    __slots__ = ("new_email", "current_password")
+    NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    new_email: str
+    current_password: str
+    def __init__(self, new_email: _Optional[str] = ..., current_password: _Optional[str] = ...) -> None: ...
+
+class ChangeEmailResponse(_message.Message):
+    __slots__ = ("change_id", "expires_at", "delivery_hint")
+    CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_HINT_FIELD_NUMBER: _ClassVar[int]
+    change_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    delivery_hint: str
+    def __init__(self, change_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery_hint: _Optional[str] = ...) -> None: ...
+
+class ConfirmEmailChangeRequest(_message.Message):
+    __slots__ = ("change_id", "code")
+    CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    change_id: str
+    code: str
+    def __init__(self, change_id: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
+
+class ConfirmEmailChangeResponse(_message.Message):
     __slots__ = ("user",)
     USER_FIELD_NUMBER: _ClassVar[int]
     user: User

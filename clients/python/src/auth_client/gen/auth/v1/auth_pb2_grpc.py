@@ -41,6 +41,26 @@ class AuthServiceStub:
                 request_serializer=auth_dot_v1_dot_auth__pb2.SignupRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.SignupResponse.FromString,
                 _registered_method=True)
+        self.VerifySignup = channel.unary_unary(
+                '/auth.v1.AuthService/VerifySignup',
+                request_serializer=auth_dot_v1_dot_auth__pb2.VerifySignupRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.VerifySignupResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/auth.v1.AuthService/RequestPasswordReset',
+                request_serializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/auth.v1.AuthService/ResetPassword',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.ReportSignIn = channel.unary_unary(
+                '/auth.v1.AuthService/ReportSignIn',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ReportSignInRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ReportSignInResponse.FromString,
+                _registered_method=True)
         self.Login = channel.unary_unary(
                 '/auth.v1.AuthService/Login',
                 request_serializer=auth_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
@@ -96,6 +116,21 @@ class AuthServiceStub:
                 request_serializer=auth_dot_v1_dot_auth__pb2.LogoutAllRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.LogoutAllResponse.FromString,
                 _registered_method=True)
+        self.UpdateMe = channel.unary_unary(
+                '/auth.v1.AuthService/UpdateMe',
+                request_serializer=auth_dot_v1_dot_auth__pb2.UpdateMeRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.UpdateMeResponse.FromString,
+                _registered_method=True)
+        self.ChangeEmail = channel.unary_unary(
+                '/auth.v1.AuthService/ChangeEmail',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ChangeEmailResponse.FromString,
+                _registered_method=True)
+        self.ConfirmEmailChange = channel.unary_unary(
+                '/auth.v1.AuthService/ConfirmEmailChange',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeResponse.FromString,
+                _registered_method=True)
         self.ChangePassword = channel.unary_unary(
                 '/auth.v1.AuthService/ChangePassword',
                 request_serializer=auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
@@ -109,7 +144,44 @@ class AuthServiceServicer:
     """
 
     def Signup(self, request, context):
-        """Signup creates a user with role ROLE_USER.
+        """Signup starts a sign-up and e-mails a 6-digit code; VerifySignup creates the account. The answer is
+        the same, with the same timing, whether or not the e-mail already has an account (its owner is
+        mailed a notice instead of a code). USERNAME_TAKEN stays: usernames are public handles, and a
+        pending sign-up holds its username until it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifySignup(self, request, context):
+        """VerifySignup redeems the e-mailed code and creates the user (role ROLE_USER, email_verified true).
+        Wrong, expired and used codes answer as for VerifyOtp; a phone another account has: PHONE_TAKEN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """RequestPasswordReset e-mails a 6-digit code when the username, e-mail or phone names an account.
+        The answer (a reset_id) and its timing are the same when none does. A new request makes older
+        reset ids dead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """ResetPassword redeems the code and sets a new password: every session ends, known devices are
+        forgotten, pending logins die, throttles on the account are lifted, and a notice is mailed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportSignIn(self, request, context):
+        """ReportSignIn redeems the "This wasn't me" link of a new-device sign-in notice: it ends that session
+        and starts a password reset (a code is mailed, as by RequestPasswordReset). Over HTTP the mailed
+        link (GET /api/v1/auth/signin/report?token=...) opens a confirmation page whose form posts here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +274,29 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMe(self, request, context):
+        """UpdateMe changes the caller's profile: only the fields named in update_mask ("name", "phone"; AIP-134).
+        An empty mask changes every field that is set in the request. A phone another account has: PHONE_TAKEN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeEmail(self, request, context):
+        """ChangeEmail checks the current password and e-mails a 6-digit code to the new address;
+        ConfirmEmailChange makes the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmEmailChange(self, request, context):
+        """ConfirmEmailChange redeems the code sent to the new address; a notice goes to the old address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ChangePassword(self, request, context):
         """ChangePassword sets a new password and revokes every session of the user.
         """
@@ -216,6 +311,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Signup,
                     request_deserializer=auth_dot_v1_dot_auth__pb2.SignupRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.SignupResponse.SerializeToString,
+            ),
+            'VerifySignup': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifySignup,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.VerifySignupRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.VerifySignupResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'ReportSignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSignIn,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ReportSignInRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ReportSignInResponse.SerializeToString,
             ),
             'Login': grpc.unary_unary_rpc_method_handler(
                     servicer.Login,
@@ -272,6 +387,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=auth_dot_v1_dot_auth__pb2.LogoutAllRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.LogoutAllResponse.SerializeToString,
             ),
+            'UpdateMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMe,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.UpdateMeRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.UpdateMeResponse.SerializeToString,
+            ),
+            'ChangeEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmail,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ChangeEmailResponse.SerializeToString,
+            ),
+            'ConfirmEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmEmailChange,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeResponse.SerializeToString,
+            ),
             'ChangePassword': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePassword,
                     request_deserializer=auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
@@ -307,6 +437,114 @@ class AuthService:
             '/auth.v1.AuthService/Signup',
             auth_dot_v1_dot_auth__pb2.SignupRequest.SerializeToString,
             auth_dot_v1_dot_auth__pb2.SignupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifySignup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/VerifySignup',
+            auth_dot_v1_dot_auth__pb2.VerifySignupRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.VerifySignupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/RequestPasswordReset',
+            auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/ResetPassword',
+            auth_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/ReportSignIn',
+            auth_dot_v1_dot_auth__pb2.ReportSignInRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ReportSignInResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -604,6 +842,87 @@ class AuthService:
             '/auth.v1.AuthService/LogoutAll',
             auth_dot_v1_dot_auth__pb2.LogoutAllRequest.SerializeToString,
             auth_dot_v1_dot_auth__pb2.LogoutAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/UpdateMe',
+            auth_dot_v1_dot_auth__pb2.UpdateMeRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.UpdateMeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/ChangeEmail',
+            auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ChangeEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.AuthService/ConfirmEmailChange',
+            auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ConfirmEmailChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
