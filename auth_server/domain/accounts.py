@@ -99,7 +99,7 @@ class Accounts:
             + validation.check_email(email)
             + validation.check_password(password, "password", username=username, email=email)
             + validation.check_name(name)
-            + validation.check_phone(phone)
+            + validation.check_phone(phone, self._settings.default_phone_region)[1]
         )
         if violations:
             raise validation_failed(violations)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
+import phonenumbers
 from zxcvbn import zxcvbn
 
 from auth_server.domain.errors import FieldViolation
@@ -23,7 +25,9 @@ USERNAME = re.compile(r"^[a-z0-9._-]{3,32}$")
 EMAIL = re.compile(
     r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
-PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{2,31}$")
+# What may be typed as a phone number before libphonenumber judges it: digits, an optional leading '+',
+# spaces, dots, '-', '(' and ')'. Keeps letters ("1-800-FLOWERS"), extensions and oversize input out.
+PHONE = re.compile(r"^\+?\(?[0-9][0-9 ().-]{2,31}$")
 MIN_PASSWORD_CHARS = 10
 # zxcvbn score (0-4) a password needs: 2 means at least 10^6 guesses by its estimate, beyond any
 # common-password list and out of reach of an online attack that meets the login throttles.
@@ -98,7 +102,58 @@ def check_name(name: str) -> list[FieldViolation]:
     return []
 
 
-def check_phone(phone: str) -> list[FieldViolation]:
-    if phone and not PHONE.match(phone):
-        return [FieldViolation("phone", "Digits with an optional leading '+', spaces, '-', '(' or ')'; 3-32 long.")]
-    return []
+def normalise_phone(value: str, region: str) -> str | None:
+    """The E.164 form of a phone number ("+14155550123"); "" for an empty value; None when it is not a
+    valid number. A number without a country code takes `region`'s (AUTH_DEFAULT_PHONE_REGION).
+
+    libphonenumber (Google's metadata of every numbering plan) decides validity: a hand-written rule
+    would accept numbers no plan assigns, and two spellings of one number must become one value, since
+    phones are unique per tenant and name accounts at login.
+    """
+    text = value.strip()
+    if not text:
+        return ""
+    if not PHONE.match(text):
+        return None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_phone(value: str, region: str, field: str = "phone") -> tuple[str, list[FieldViolation]]:
+    """(the E.164 form or "", violations) of an optional phone number."""
+    phone = normalise_phone(value, region)
+    if phone is None:
+        example = "+14155550123" if region == "US" else "+44 20 7946 0018"
+        message = f"A valid phone number, with its country code (like {example}) unless it is a {region} number."
+        return "", [FieldViolation(field, message)]
+    return phone, []
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """What a caller typed to name an account (Login, RequestPasswordReset): a username, an e-mail
+    address or a phone number."""
+
+    text: str  # trimmed and lower-cased: matches a username or an e-mail
+    phone: str  # the E.164 form when the text is also a valid phone number, else ""
+
+    @property
+    def key(self) -> str:
+        """The one spelling throttles count under: every way of writing one phone number is one key."""
+        return self.phone or self.text
+
+    @property
+    def lookups(self) -> tuple[str, ...]:
+        """What to look the account up by, in order (a username or e-mail match wins over a phone's)."""
+        return (self.text, self.phone) if self.phone and self.phone != self.text else (self.text,)
+
+
+def parse_identifier(value: str, region: str) -> Identifier:
+    text = value.strip().lower()
+    phone = normalise_phone(text, region) if len(text) <= 32 and "@" not in text else None
+    return Identifier(text, phone or "")

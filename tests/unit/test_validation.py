@@ -74,3 +74,43 @@ def test_mask_and_devices() -> None:
     assert describe("Mozilla/5.0 (Windows NT 10.0) Chrome/120.0 Safari/537.36 Edg/120.0") == "Edge on Windows"
     assert device_name("  ", "grpcurl/1.9.3 grpc-go/1.61.0") == "grpcurl"
     assert device_name("My\x00 phone", "") == "My phone"
+
+
+@given(st.text(max_size=60), st.sampled_from(["US", "GB", "DE"]))
+def test_phone_normalisation_never_crashes_and_is_idempotent(value: str, region: str) -> None:
+    phone = validation.normalise_phone(value, region)
+    if phone:
+        assert phone.startswith("+") and phone[1:].isdigit() and len(phone) <= 16
+        # The stored form reads back as itself, from any region: it carries its country code.
+        assert validation.normalise_phone(phone, "DE") == phone
+    normalised, violations = validation.check_phone(value, region)
+    assert (phone is None) == bool(violations)
+    assert normalised == (phone or "")
+
+
+def test_phone_spellings_become_one_e164_value() -> None:
+    spellings = ["+1 415 555 0123", "(415) 555-0123", "415.555.0123", "4155550123", " +14155550123 "]
+    assert {validation.normalise_phone(s, "US") for s in spellings} == {"+14155550123"}
+    assert validation.normalise_phone("020 7946 0018", "GB") == "+442079460018"
+    assert validation.normalise_phone("", "US") == ""
+    for bad in ("12345", "+44 20 1234", "1-800-FLOWERS", "+1 415 555 0123 ext 9", "٤١٥٥٥٥٠١٢٣"):
+        assert validation.normalise_phone(bad, "US") is None
+
+
+@given(st.text(max_size=300))
+def test_identifier_parsing_never_crashes(value: str) -> None:
+    identifier = validation.parse_identifier(value, "US")
+    assert identifier.text == value.strip().lower()
+    assert identifier.key in (identifier.text, identifier.phone)
+    assert identifier.lookups[0] == identifier.text
+
+
+def test_identifiers_name_usernames_emails_and_phones() -> None:
+    by_phone = validation.parse_identifier("(415) 555-0123", "US")
+    assert by_phone.key == "+14155550123" and by_phone.lookups == ("(415) 555-0123", "+14155550123")
+    # Every spelling of one number is one throttle key.
+    assert validation.parse_identifier("+1 415 555 0123", "US").key == by_phone.key
+    assert validation.parse_identifier("Jane@Example.com", "US").lookups == ("jane@example.com",)
+    assert validation.parse_identifier("jane", "US").key == "jane"
+    # A username made of digits is still looked up as a username first.
+    assert validation.parse_identifier("4155550123", "US").lookups == ("4155550123", "+14155550123")
