@@ -11,6 +11,9 @@ for session and user, or for the service account of a service token), checks tha
 this kind of caller (a person's token never satisfies `services`, a service token never `authenticated`
 or `roles`: CALLER_NOT_ALLOWED, decided before any store read) and the roles or service name, and hands
 the handler a typed `CallInfo` through a ContextVar.
+That decision is one transport-neutral method, `decide_and_call`: the gRPC interceptor calls it with a
+call's metadata and peer, and `serve`'s HTTP bridge calls it in process (api/local.py) with the headers
+it would have sent as metadata; there is no second copy of the rules.
 It is also the one error boundary: AuthError becomes a status with ErrorInfo, store outages become
 UNAVAILABLE / STORE_UNAVAILABLE, anything else INTERNAL with a generic message and a log line.
 """
@@ -196,31 +199,63 @@ class Guard(grpc.ServerInterceptor):
         behavior = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            outcome: AuthError | None = None
-            info: CallInfo | None = None
-            headers = _text_headers(context)
-            # Known before anything can fail, so the access log names the source of rejected calls too.
-            ip = self._client_ip(context.peer(), headers)
-            try:
-                info = self._admit(rule, headers, ip)
-                token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
-                try:
-                    return behavior(request, context)
-                finally:
-                    _current.reset(token)
-                    audit.client_ip.reset(ip_token)
-            except Exception as exc:  # the one error boundary: every failure gets a status
-                outcome = self._boundary(method, exc)
-            finally:
-                self._finish(method, info, ip, outcome, time.perf_counter() - started)
-            self._abort(context, outcome)
+            reply, error = self.decide_and_call(
+                method, rule, _text_headers(context), _peer_ip(context.peer()), behavior, request, context
+            )
+            if error is not None:
+                self._abort(context, error)
+            return reply
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def decide_and_call(
+        self,
+        method: str,
+        rule: Rule | None,
+        headers: dict[str, list[str]],
+        peer_ip: str,
+        behavior: Callable[[Any, Any], Any],
+        request: Any,
+        context: Any,
+        *,
+        forwarded_by_own_bridge: bool = False,
+    ) -> tuple[Any, AuthError | None]:
+        """One unary call, whatever carried it: admission by `rule`, the handler with its `CallInfo`,
+        the error boundary, the access log line and the metrics. (reply, None), or (None, the error).
+
+        The gRPC interceptor calls it with the call's metadata and peer; the HTTP bridge of `serve`
+        calls it in process (api/local.py) with the headers it would have sent as metadata and
+        `forwarded_by_own_bridge`, because its x-forwarded-for is built by this process's own code and
+        needs no secret to be believed. A method without a rule is denied (fail closed).
+        """
+        started = time.perf_counter()
+        outcome: AuthError | None = None
+        info: CallInfo | None = None
+        # Known before anything can fail, so the access log names the source of rejected calls too.
+        ip = self._client_ip(peer_ip, headers, forwarded_by_own_bridge)
+        try:
+            if rule is None:
+                raise AuthError(Code.PERMISSION_DENIED, "ACCESS_RULE_MISSING", "This method declares no access rule.")
+            info = self._admit(rule, headers, ip)
+            token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
+            try:
+                return behavior(request, context), None
+            finally:
+                _current.reset(token)
+                audit.client_ip.reset(ip_token)
+        except Exception as exc:  # the one error boundary: every failure gets a status
+            outcome = self._boundary(method, exc)
+        finally:
+            self._finish(method, info, ip, outcome, time.perf_counter() - started)
+        return None, outcome
+
+    def rule_of(self, method: str) -> Rule | None:
+        """The access rule of '/pkg.Service/Method' (None: none declared, and so denied)."""
+        return self._rules.get(method)
 
     def _wrap_stream(self, method: str, rule: Rule, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """A server-streaming method (WatchRevocations): the same admission, error boundary and access log
@@ -232,7 +267,7 @@ class Guard(grpc.ServerInterceptor):
             outcome: AuthError | None = None
             info: CallInfo | None = None
             headers = _text_headers(context)
-            ip = self._client_ip(context.peer(), headers)
+            ip = self._client_ip(_peer_ip(context.peer()), headers)
             try:
                 info = self._admit(rule, headers, ip)
                 token, ip_token = _current.set(info), audit.client_ip.set(info.ip_address)
@@ -373,12 +408,12 @@ class Guard(grpc.ServerInterceptor):
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
         return caller
 
-    def _client_ip(self, peer: str, headers: dict[str, list[str]]) -> str:
-        """The client's address: the peer's, or from x-forwarded-for when the peer is a proxy we trust
-        (listed in AUTH_TRUSTED_PROXIES, or `serve`'s own bridge proving itself with its secret)."""
-        ip = _peer_ip(peer)
+    def _client_ip(self, ip: str, headers: dict[str, list[str]], own_bridge: bool = False) -> str:
+        """The client's address: the peer's `ip`, or from x-forwarded-for when the peer is a proxy we trust
+        (listed in AUTH_TRUSTED_PROXIES, or `serve`'s own bridge: in process (`own_bridge`), or over
+        loopback proving itself with its secret)."""
         forwarded = headers.get("x-forwarded-for")
-        if not forwarded or not (ip in self._proxies or self._is_own_bridge(headers.get(BRIDGE_HEADER))):
+        if not forwarded or not (own_bridge or ip in self._proxies or self._is_own_bridge(headers.get(BRIDGE_HEADER))):
             return ip
         # Walk x-forwarded-for from the right: the first hop we do not trust is the client. Every hop
         # must be an IP address; anything else means the chain cannot be believed: use the peer.

@@ -22,13 +22,16 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.api.guard import Guard, Rule, load_rules
+from auth_server.api.local import LocalCalls
 from auth_server.api.servicers.admin import AdminServicer
 from auth_server.api.servicers.auth import AccountFlows, AuthServicer
 from auth_server.domain.accounts import Accounts
 from auth_server.domain.admin import Admin
 from auth_server.domain.audit import Audit
+from auth_server.domain.parts import Parts
 from auth_server.domain.passwords import PasswordHasher
 from auth_server.domain.profile import Profiles
+from auth_server.domain.purge import Purge, PurgeJob
 from auth_server.domain.recovery import Recovery
 from auth_server.domain.revocations import RevocationFeed
 from auth_server.domain.services import ServiceAccounts
@@ -105,9 +108,13 @@ class App:
     health: health.HealthServicer
     monitor: HealthMonitor
     revocations: RevocationFeed | None = None
+    local: LocalCalls | None = None  # the guarded handlers for `serve`'s in-process bridge
+    purge: PurgeJob | None = None  # AUTH_PURGE_INTERVAL's job (None: 0, never)
 
     def stop(self, grace: float) -> None:
         self.monitor.stop()
+        if self.purge is not None:
+            self.purge.stop()  # before the store closes under it
         self.health.enter_graceful_shutdown()
         if self.revocations is not None:
             self.revocations.close()  # open WatchRevocations streams end now (UNAVAILABLE), not after grace
@@ -191,17 +198,20 @@ def create_server(
     sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
     throttle = Throttle(store, settings, keys)
     mailer = mailer or build_mailer(settings)
-    parts = (store, settings, keys, hasher, mailer, sessions, audit, throttle)
-    accounts = Accounts(*parts)
-    flows = AccountFlows(signups=Signups(*parts), recovery=Recovery(*parts), profiles=Profiles(*parts))
+    parts = Parts(store, settings, keys, hasher, mailer, sessions, audit, throttle)
+    accounts = Accounts(parts)
+    flows = AccountFlows(signups=Signups(parts), recovery=Recovery(parts, accounts), profiles=Profiles(parts, accounts))
     services = ServiceAccounts(store, keys, audit, settings.tenants, access_tokens=access_tokens, throttle=throttle)
     rules = load_rules([auth_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR])
     if settings.introspect_access == "public":  # AUTH_INTROSPECT_ACCESS=public: the pre-service-account rule
         rules[INTROSPECT] = Rule(public=True, roles=None)
 
+    # One handler pool for both transports: the in-process bridge (LocalCalls) runs its calls here too.
+    handler_pool = futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
+    guard = Guard(rules, sessions, settings, metrics, services)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=[Guard(rules, sessions, settings, metrics, services)],
+        handler_pool,
+        interceptors=[guard],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -212,8 +222,11 @@ def create_server(
     revocations = RevocationFeed(store, max_streams=settings.watch_streams or max(1, settings.grpc_threads // 4))
     auth_servicer = AuthServicer(accounts, sessions, services, revocations, flows)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Admin(store, audit)), server)
+    admin_servicer = AdminServicer(Admin(store, audit))
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_servicer = health.HealthServicer()
+    servicers = ((auth_pb2.DESCRIPTOR, auth_servicer), (admin_pb2.DESCRIPTOR, admin_servicer))
+    local = LocalCalls(guard, servicers, health_servicer, handler_pool)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
@@ -227,6 +240,8 @@ def create_server(
     monitor = HealthMonitor(store, health_servicer, health_interval)
     monitor.start()
     server.start()
+    # Every replica purges (domain/purge.py: safe when several do it at once), so nothing to elect.
+    purge = PurgeJob(Purge(store, settings), settings.purge_interval).start() if settings.purge_interval else None
     return App(
         server=server,
         port=port,
@@ -236,4 +251,6 @@ def create_server(
         health=health_servicer,
         monitor=monitor,
         revocations=revocations,
+        local=local,
+        purge=purge,
     )

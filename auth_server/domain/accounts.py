@@ -15,19 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from auth_server.domain import errors, known_devices, otp, revocations, validation
-from auth_server.domain.audit import Audit
+from auth_server.domain import errors, known_devices, new_device, otp, revocations, validation
+from auth_server.domain.codes import mask_email
 from auth_server.domain.errors import AuthError, Code, FieldViolation, server_busy, unauthenticated, validation_failed
-from auth_server.domain.passwords import PasswordHasher
+from auth_server.domain.parts import AccountFlow, Parts
 from auth_server.domain.revocations import RevocationLog
-from auth_server.domain.sessions import Caller, Device, IssuedTokens, Sessions
-from auth_server.domain.throttle import Throttle
+from auth_server.domain.sessions import Caller, Device, IssuedTokens
 from auth_server.infra.clock import utcnow
-from auth_server.infra.config import Settings
 from auth_server.infra.ids import new_id
-from auth_server.infra.keys import KeyRing
-from auth_server.infra.mail import Mailer, MailError
-from auth_server.store.base import DuplicateKey, LoginChallenge, Store, User
+from auth_server.infra.mail import MailError
+from auth_server.store.base import LoginChallenge, User
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +42,9 @@ class LoginStarted:
     delivery_hint: str
 
 
-def mask_email(email: str) -> str:
-    """'jane@example.com' -> 'j***@example.com'."""
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}"
+def account_names(user: User) -> tuple[str, ...]:
+    """Every name the account can be signed in by, as the throttles key them (the phone in E.164)."""
+    return (user.username, user.email, user.phone) if user.phone else (user.username, user.email)
 
 
 def _rate_limited(retry_after: int) -> AuthError:
@@ -64,63 +60,11 @@ def _mail_unavailable() -> AuthError:
     return AuthError(Code.UNAVAILABLE, "MAIL_UNAVAILABLE", "The code could not be e-mailed; retry later.")
 
 
-class Accounts:
-    def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        keys: KeyRing,
-        hasher: PasswordHasher,
-        mailer: Mailer,
-        sessions: Sessions,
-        audit: Audit,
-        throttle: Throttle,
-    ) -> None:
-        self._throttle = throttle
-        self._audit = audit
-        self._store = store
-        self._settings = settings
-        self._keys = keys
-        self._hasher = hasher
-        self._mailer = mailer
-        self._sessions = sessions
-        self._revocations = RevocationLog(store)
-
-    # --- sign-up
-
-    def signup(
-        self, tenant: str, username: str, email: str, password: str, name: str, phone: str, source: str = ""
-    ) -> User:
-        username = validation.normalise_username(username)
-        email = validation.normalise_email(email)
-        name, phone = name.strip(), phone.strip()
-        violations = (
-            validation.check_username(username)
-            + validation.check_email(email)
-            + validation.check_password(password, "password", username=username, email=email)
-            + validation.check_name(name)
-            + validation.check_phone(phone, self._settings.default_phone_region)[1]
-        )
-        if violations:
-            raise validation_failed(violations)
-        user = User(
-            id=new_id(),
-            username=username,
-            email=email,
-            name=name,
-            phone=phone,
-            role="user",
-            password_hash=self._hasher.hash(password, source),
-            created_at=utcnow(),
-        )
-        try:
-            self._store.create_user(tenant, user)
-        except DuplicateKey as dup:
-            if dup.field == "email":
-                raise AuthError(Code.ALREADY_EXISTS, "EMAIL_TAKEN", "This e-mail is already registered.") from None
-            raise AuthError(Code.ALREADY_EXISTS, "USERNAME_TAKEN", "This username is taken.") from None
-        self._audit.record(tenant, "user.created", user_id=user.id)
-        return user
+class Accounts(AccountFlow):
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
+        self._revocations = RevocationLog(parts.store)
+        self._notices = new_device.NewDeviceNotices(parts.store, parts.settings, parts.keys, parts.mailer, parts.audit)
 
     # --- login, step 1: the password
 
@@ -128,17 +72,19 @@ class Accounts:
         self, tenant: str, username_or_email: str, password: str, source: str = "", device_token: str = ""
     ) -> LoginStarted:
         """Check the password and e-mail a code. `source` is the client IP; `device_token` a known device's."""
-        identifier = username_or_email.strip().lower()
+        # A username, an e-mail or a phone number; every spelling of one phone is one throttle key.
+        parsed = validation.parse_identifier(username_or_email, self._settings.default_phone_region)
+        identifier = parsed.key
         missing = [
             FieldViolation(f, "Required.")
-            for f, v in (("username_or_email", identifier), ("password", password))
+            for f, v in (("username_or_email", parsed.text), ("password", password))
             if not v
         ]
         if missing:
             raise validation_failed(missing)
         if not self._hasher.has_room(source):  # this source's share of the hashing queue is full
             raise server_busy()
-        user = self._store.find_user(tenant, identifier) if len(identifier) <= validation.MAX_IDENTIFIER_CHARS else None
+        user = self.find_account(tenant, parsed)
         now = utcnow()
         known = user is not None and known_devices.is_known(
             self._keys, device_token, user, now, self._settings.device_token_ttl
@@ -156,7 +102,23 @@ class Accounts:
         if user.admin_locked:  # told only to whoever knows the password
             self._audit.record(tenant, "login.refused", user_id=user.id, reason="admin_locked")
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
-        return self._send_code(tenant, user, now)
+        return self._send_code(tenant, user, now, known_device=known)
+
+    def find_account(self, tenant: str, parsed: validation.Identifier) -> User | None:
+        """The account an identifier names: a username or e-mail match first, then the phone's.
+
+        Every lookup of `parsed.lookups` is made even after a match, so the number of store reads
+        depends on how the identifier is spelled, never on whether (or which) account has it.
+        """
+        if len(parsed.text) > validation.MAX_IDENTIFIER_CHARS:
+            return None
+        found = [self._store.find_user(tenant, lookup) for lookup in parsed.lookups]
+        return next((user for user in found if user is not None), None)
+
+    def check_own_password(self, tenant: str, user: User, password: str, source: str) -> bool:
+        """The throttled check a signed-in caller's password meets (ChangePassword, ChangeEmail):
+        counted as a login by the username, so a stolen access token is no password oracle."""
+        return self._check_password(tenant, user.username, user, password, source, utcnow())
 
     def _check_password(
         self, tenant: str, identifier: str, user: User | None, password: str, source: str, now: datetime
@@ -216,7 +178,7 @@ class Accounts:
         except MailError:
             log.warning("unlock mail failed; the pause still ends by itself", exc_info=True)
 
-    def _send_code(self, tenant: str, user: User, now: datetime) -> LoginStarted:
+    def _send_code(self, tenant: str, user: User, now: datetime, known_device: bool = False) -> LoginStarted:
         interval = self._settings.otp_resend_interval
         last = user.last_otp_sent_at
         if interval and last is not None and now - last < timedelta(seconds=interval):
@@ -236,6 +198,7 @@ class Accounts:
             otp_hash=otp.hash_code(self._keys, challenge_id, code),
             created_at=now,
             expires_at=now + timedelta(seconds=self._settings.otp_ttl),
+            payload=new_device.login_payload(known_device),  # VerifyOtp's new-device rule reads it
         )
         self._store.create_challenge(tenant, challenge)
         minutes = max(1, self._settings.otp_ttl // 60)
@@ -258,50 +221,39 @@ class Accounts:
 
     def verify_otp(self, tenant: str, login_id: str, code: str, device: Callable[[], Device]) -> SignedIn:
         """Redeem a login's code; `device` describes the caller's device and is called only on success."""
-        invalid = unauthenticated("OTP_INVALID", "The code is not valid.")
-        if not login_id or len(login_id) > 64 or not (login_id.isascii() and login_id.isalnum()):
-            raise invalid
-        challenge = self._store.get_challenge(tenant, login_id)
-        if challenge is None or challenge.consumed_at is not None:
-            raise invalid
-        if challenge.expires_at <= utcnow():
-            raise unauthenticated("OTP_EXPIRED", "The code has expired; log in again for a new one.")
-        # Count the attempt before comparing, atomically, so parallel guesses cannot exceed the limit.
-        counted = self._store.update_challenge(tenant, login_id, inc={"attempts": 1}, expect={"consumed_at": None})
-        if counted is None:
-            raise invalid
-        if counted.attempts > self._settings.otp_max_attempts:
-            self._audit.record(tenant, "otp.attempts_exceeded", user_id=challenge.user_id, login_id=login_id)
-            raise AuthError(
-                Code.RESOURCE_EXHAUSTED, "OTP_ATTEMPTS_EXCEEDED", "Too many wrong codes; log in again for a new one."
-            )
-        if not otp.well_formed(code) or not self._keys.matches(challenge.otp_hash, "otp", login_id, code):
-            left = self._settings.otp_max_attempts - counted.attempts
-            self._audit.record(tenant, "otp.failed", user_id=challenge.user_id, login_id=login_id)
-            self._code_failed(tenant, challenge.user_id)
-            raise AuthError(
-                Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.", metadata={"attempts_left": str(left)}
-            )
+        # Only a login's code opens a session: a reset or sign-up code is no login code.
+        challenge = self._codes.check(
+            tenant,
+            login_id,
+            code,
+            kind="login",
+            again="log in again for a new one",
+            on_wrong=lambda challenge: self._code_failed(tenant, challenge.user_id),
+        )
         now = utcnow()
-        if (
-            self._store.update_challenge(tenant, login_id, set={"consumed_at": now}, expect={"consumed_at": None})
-            is None
-        ):
-            raise invalid  # a parallel call redeemed it first: a code works once
+        self._codes.consume(tenant, challenge, now)
         user = self._store.get_user(tenant, challenge.user_id)
         if user is None or user.admin_locked:
             raise unauthenticated(*errors.ACCOUNT_LOCKED)
-        tokens = self._sessions.open(tenant, user, device())
+        this_device = device()
+        known = self._notices.is_known(tenant, user, challenge.payload, this_device, now)  # before it opens
+        tokens = self._sessions.open(tenant, user, this_device)
         self._audit.record(tenant, "login.succeeded", user_id=user.id, session_id=tokens.session_id)
+        if not known:
+            try:
+                self._notices.notify(tenant, new_device.SignIn(user, tokens.session_id, this_device, now))
+            except Exception:  # the session is open: a notice that failed (the store) must not undo it
+                log.warning("new sign-in notice failed; the sign-in stands", exc_info=True)
         return SignedIn(tokens, known_devices.issue(self._keys, user, now))
 
-    def _code_failed(self, tenant: str, user_id: str) -> None:
-        """A wrong code spends the account's budget under both its names (see throttle.py)."""
+    def _code_failed(self, tenant: str, user_id: str, also: tuple[str, ...] = ()) -> None:
+        """A wrong code spends the account's budget under every one of its names (account_names; see
+        throttle.py), and under `also` (the identifier a password reset was asked for)."""
         user = self._store.get_user(tenant, user_id)
         if user is None:
             return
         now = utcnow()
-        if self._throttle.spend_account(tenant, (user.username, user.email), now):
+        if self._throttle.spend_account(tenant, (*account_names(user), *also), now):
             self._budget_spent(tenant, user, now)
 
     # --- password change and unlock
@@ -314,25 +266,38 @@ class Accounts:
         if violations:
             raise validation_failed(violations)
         # Throttled like a login by username: a stolen access token must not become a password oracle.
-        if not self._check_password(caller.tenant, user.username, user, current, source, utcnow()):
+        if not self.check_own_password(caller.tenant, user, current, source):
             self._audit.record(caller.tenant, "password.change_failed", user_id=user.id)
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
         if new == current:
             raise validation_failed([FieldViolation("new_password", "Must differ from the current password.")])
-        now = utcnow()
-        changed = self._store.update_user(
-            caller.tenant,
-            user.id,
-            set={"password_hash": self._hasher.hash(new, source), "password_changed_at": now},
-            expect={"password_hash": user.password_hash},
-        )
-        if changed is None:  # changed concurrently by another session: make the caller retry
+        revoked = self.set_password(caller.tenant, user, new, source)
+        if revoked is None:  # changed concurrently by another session: make the caller retry
             raise unauthenticated(*errors.INVALID_CREDENTIALS)
-        revoked = self._store.revoke_sessions(caller.tenant, user.id, now, "password_changed")
-        self._revocations.user(caller.tenant, revocations.PASSWORD_CHANGED, user.id)
-        # A login started with the old password must not finish after the change.
-        self._store.consume_challenges(caller.tenant, user.id, now)
         self._audit.record(caller.tenant, "password.changed", user_id=user.id, revoked_sessions=str(revoked))
+        return revoked
+
+    def set_password(self, tenant: str, user: User, new: str, source: str, *, reset: bool = False) -> int | None:
+        """Set a new (already validated) password and end everything the old one opened: every session
+        (a PASSWORD_CHANGED revocation entry), every known device (`password_changed_at` voids their
+        tokens), pending logins and resets. A reset also clears the unlock token and forgives the
+        account's throttles: the owner proved the mailbox. How many sessions ended; None when the
+        password changed meanwhile (nothing was done). ChangePassword and ResetPassword both end here.
+        """
+        now = utcnow()
+        fields: dict[str, object] = {"password_hash": self._hasher.hash(new, source), "password_changed_at": now}
+        if reset:
+            fields |= {"unlock_token_hash": None, "unlock_token_expires_at": None, "locked_until": None}
+            fields |= {"failed_logins": 0}
+        if self._store.update_user(tenant, user.id, set=fields, expect={"password_hash": user.password_hash}) is None:
+            return None
+        revoked = self._store.revoke_sessions(tenant, user.id, now, "password_reset" if reset else "password_changed")
+        self._revocations.user(tenant, revocations.PASSWORD_CHANGED, user.id)
+        # A login (or a reset) started before the change must not finish after it.
+        self._store.consume_challenges(tenant, user.id, now)
+        self._store.consume_challenges(tenant, user.id, now, kind="reset")
+        if reset:
+            self._throttle.forgive(tenant, tuple(i for i in (user.username, user.email, user.phone) if i))
         return revoked
 
     def unlock_account(self, tenant: str, token: str) -> None:
@@ -358,5 +323,5 @@ class Accounts:
         if unlocked is None:
             raise invalid  # redeemed concurrently: single use
         # The owner vouched: end the account's failure budget and every per-source lock on its names.
-        self._throttle.forgive(tenant, (user.username, user.email))
+        self._throttle.forgive(tenant, account_names(user))
         self._audit.record(tenant, "account.unlocked", user_id=user.id, via="mailed_token")

@@ -107,6 +107,21 @@ def _describe(agent: str) -> str:
     return _clean(name, MAX_DEVICE_NAME) or UNKNOWN
 
 
+@lru_cache(maxsize=_CACHED_AGENTS)
+def _family(agent: str) -> str:
+    browser = _get_parser().parse(agent).user_agent
+    if browser is not None and browser.family != "Other":
+        return browser.family
+    return _product(agent) or ""
+
+
+def browser_family(user_agent: str) -> str:
+    """'Chrome', 'Firefox', 'Mobile Safari', or for an agent the rules do not know its product token
+    ('grpc-python'); "" when nothing names it (such an agent never matches another)."""
+    agent = clean_user_agent(user_agent)
+    return _family(agent) if agent else ""
+
+
 def describe(user_agent: str) -> str:
     """'Chrome on Android (Pixel 7)', 'Firefox on Windows', 'grpcurl', or 'Unknown device'."""
     return _describe(clean_user_agent(user_agent))

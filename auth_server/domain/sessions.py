@@ -4,6 +4,11 @@ detection, listing and revoking. No gRPC and no database types here: only the St
 A session lives until its refresh token expires (AUTH_REFRESH_TTL, sliding on each rotation) and never
 beyond AUTH_SESSION_MAX_LIFETIME after its login: then the calls and the refresh of its tokens answer
 SESSION_EXPIRED, and its owner logs in again.
+
+A user has at most AUTH_MAX_SESSIONS_PER_USER live sessions: opening one more ends the least recently
+active one (audit event `session.evicted`, a session_revoked entry in the revocation log). Count, evict
+and create run under a per-user lease (a counter taken by compare-and-swap, domain/counters.py), since
+neither store offers a transaction: parallel logins of one user take turns and never exceed the cap.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from datetime import datetime, timedelta
 
 from auth_server.domain import errors
 from auth_server.domain.audit import Audit
+from auth_server.domain.counters import lease
 from auth_server.domain.errors import AuthError, Code, unauthenticated
 from auth_server.domain.revocations import USER_SESSIONS_REVOKED, RevocationLog
 from auth_server.domain.tokens import AccessClaims, AccessTokens, RefreshTokens
@@ -51,6 +57,14 @@ class IssuedTokens:
 
 def _refresh_invalid(message: str = "The refresh token is not valid.") -> AuthError:
     return unauthenticated("REFRESH_TOKEN_INVALID", message)
+
+
+# The per-user lease around count + evict + create: held for a few store round trips; a holder that dies
+# leaves it to lapse after _LEASE_TTL s. A login that cannot take it within _LEASE_WAIT s answers BUSY
+# (longer than the TTL, so a lapsed lease is always taken over in time).
+_LEASE_TTL = 5.0
+_LEASE_WAIT = 6.0
+EVICTED = "evicted"  # the revoke_reason of a session ended by the cap
 
 
 class Sessions:
@@ -111,6 +125,28 @@ class Sessions:
     # --- opening and rotating
 
     def open(self, tenant: str, user: User, device: Device) -> IssuedTokens:
+        """A new session for the user; beyond AUTH_MAX_SESSIONS_PER_USER the idlest ones end first."""
+        cap = self._settings.max_sessions_per_user
+        if cap <= 0:
+            return self._create(tenant, user, device)
+        with lease(self._store, tenant, f"sessions:{user.id}", ttl=_LEASE_TTL, wait=_LEASE_WAIT):
+            live = self._store.list_active_sessions(tenant, user.id, utcnow())  # most recently active first
+            excess = len(live) - cap + 1  # more than one when the cap was lowered since
+            for idle in reversed(live[-excess:] if excess > 0 else []):
+                self._evict(tenant, idle)
+            return self._create(tenant, user, device)
+
+    def _evict(self, tenant: str, session: Session) -> None:
+        """End a session to make room under the cap (unless something else ended it meanwhile)."""
+        revoked = self._store.update_session(
+            tenant, session.id, set={"revoked_at": utcnow(), "revoke_reason": EVICTED}, expect={"revoked_at": None}
+        )
+        if revoked is None:
+            return
+        self._revocations.session(tenant, session.id, session.user_id)
+        self._audit.record(tenant, "session.evicted", user_id=session.user_id, session_id=session.id)
+
+    def _create(self, tenant: str, user: User, device: Device) -> IssuedTokens:
         now = utcnow()
         session_id = new_id()
         nonce = self._refresh.new_nonce()

@@ -5,7 +5,8 @@ every counter in the store, so replicas share them, and every change a compare-a
 counter's version, so parallel callers can never both pass a limit that only one may pass:
 
 - per source: at most AUTH_SOURCE_LOGIN_RATE password checks a minute from one source, refused before
-  any bcrypt work (`admit_source`);
+  any bcrypt work (`admit_source`); sign-ups and password-reset requests, which cost a bcrypt or a mail,
+  count in buckets of their own at the same rate, so neither spends the sign-in budget of a shared NAT;
 - per (identifier, source): after AUTH_LOCKOUT_THRESHOLD consecutive wrong passwords that source is
   refused for that identifier, for AUTH_LOCKOUT_DURATION doubling to 24 h (`reserve_pair`). The
   attempt is reserved *before* the password is checked, so a burst verifies at most the threshold and
@@ -25,7 +26,7 @@ import ipaddress
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from auth_server.domain.counters import Step, swap
+from auth_server.domain.counters import Step, live, swap
 from auth_server.domain.errors import AuthError, rate_limited
 from auth_server.infra.config import Settings
 from auth_server.infra.keys import KeyRing
@@ -46,13 +47,6 @@ def source_of(ip: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)
-
-
-def _live(counter: Counter | None, now: datetime) -> Counter | None:
-    """The counter unless it has expired (an expired counter means nothing, even before it is purged)."""
-    if counter is None or (counter.expires_at is not None and counter.expires_at <= now):
-        return None
-    return counter
 
 
 class Throttle:
@@ -80,23 +74,26 @@ class Throttle:
 
     # -- per source --------------------------------------------------------------------------------
 
-    def admit_source(self, tenant: str, ip: str, now: datetime) -> None:
-        """Count one password check from this source, or refuse it (refused tries are not counted)."""
+    def admit_source(self, tenant: str, ip: str, now: datetime, flow: str = "login") -> None:
+        """Count one password check (or, by `flow`, one "signup" or "reset" request) from this source,
+        or refuse it (refused tries are not counted)."""
         rate = self._settings.source_login_rate
         if not rate:
             return
 
         def step(counter: Counter | None) -> tuple[float | None, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             if counter is None or counter.window_start is None:
                 return None, _fresh(now, now + SOURCE_WINDOW)
             if counter.count >= rate:
                 return (counter.window_start + SOURCE_WINDOW - now).total_seconds(), None
             return None, {"count": counter.count + 1}
 
-        wait = self._swap(tenant, f"src:{source_of(ip)}", step)
+        key = f"src:{source_of(ip)}" if flow == "login" else f"src:{flow}:{source_of(ip)}"
+        wait = self._swap(tenant, key, step)
         if wait is not None:
-            raise rate_limited("Too many sign-in attempts from your network; retry later.", wait)
+            what = "sign-in attempts" if flow == "login" else "requests"
+            raise rate_limited(f"Too many {what} from your network; retry later.", wait)
 
     def refund_source(self, tenant: str, ip: str, now: datetime) -> None:
         """Give back a check that was admitted but then refused before any password was checked."""
@@ -105,7 +102,7 @@ class Throttle:
 
     def _decrement(self, tenant: str, key: str, now: datetime) -> None:
         def step(counter: Counter | None) -> tuple[None, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             return None, ({"count": counter.count - 1} if counter is not None and counter.count > 0 else None)
 
         self._swap(tenant, key, step)
@@ -124,7 +121,7 @@ class Throttle:
 
     def pair_blocked(self, tenant: str, identifier: str, ip: str, now: datetime) -> AuthError | None:
         """The refusal for this (identifier, source) if it is locked now; a read, no write."""
-        counter = _live(self._store.get_counter(tenant, self._pair_key(identifier, ip)), now)
+        counter = live(self._store.get_counter(tenant, self._pair_key(identifier, ip)), now)
         if counter is not None and counter.blocked_until is not None and counter.blocked_until > now:
             return _pair_locked((counter.blocked_until - now).total_seconds())
         return None
@@ -138,7 +135,7 @@ class Throttle:
         threshold = self._settings.lockout_threshold
 
         def step(counter: Counter | None) -> tuple[int | float, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             if counter is not None and counter.blocked_until is not None and counter.blocked_until > now:
                 return -(counter.blocked_until - now).total_seconds(), None
             count = counter.count if counter is not None else 0
@@ -161,7 +158,7 @@ class Throttle:
         first = timedelta(seconds=self._settings.lockout_duration)
 
         def step(counter: Counter | None) -> tuple[timedelta | None, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             if counter is None or counter.count < ordinal:  # a correct password reset the run meanwhile
                 return None, None
             duration = min(first * 2 ** min(counter.level, 16), MAX_LOCKOUT)
@@ -179,7 +176,7 @@ class Throttle:
         """A correct password from this source ends its run of failures and its escalation."""
 
         def step(counter: Counter | None) -> tuple[None, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             if counter is None or (counter.count == 0 and counter.level == 0):
                 return None, None
             return None, {"count": 0, "level": 0}
@@ -190,7 +187,7 @@ class Throttle:
 
     def account_over_budget(self, tenant: str, identifier: str, now: datetime) -> AuthError | None:
         """The refusal for a login without a known device while the identifier's budget is spent."""
-        counter = _live(self._store.get_counter(tenant, self._account_key(identifier)), now)
+        counter = live(self._store.get_counter(tenant, self._account_key(identifier)), now)
         if counter is None or counter.count < self._settings.account_failure_limit or counter.expires_at is None:
             return None
         return rate_limited(
@@ -208,7 +205,7 @@ class Throttle:
         window = timedelta(seconds=self._settings.failure_window)
 
         def step(counter: Counter | None) -> tuple[bool, dict[str, object] | None]:
-            counter = _live(counter, now)
+            counter = live(counter, now)
             if counter is None:
                 return limit == 1, _fresh(now, now + window, count=1)
             return counter.count + 1 == limit, {"count": counter.count + 1}

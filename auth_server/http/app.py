@@ -2,13 +2,16 @@
 
 It owns the HTTP side only and holds no auth logic: each request is matched against the route
 table derived from the protos (routes.py), turned into the RPC's request message (transcode.py),
-and sent through the generated stubs over one `grpc.aio` channel (so the event loop never blocks),
-with the caller's credentials and hints as call metadata:
+and handed to a backend (backends.py): in `auth-server serve` the guarded handlers of this process,
+run on the handler pool (the guard decides access exactly as for a gRPC call); in front of a gRPC
+server elsewhere, the generated stubs over one `grpc.aio` channel. Either way the caller's
+credentials and hints go along as what gRPC calls metadata:
 `authorization`, `x-tenant-id`, `x-device-name` as received, the browser's `User-Agent` as
 `x-user-agent`, and the client address as `x-forwarded-for`. The bridge is a proxy: it appends its
 peer to an incoming `X-Forwarded-For` only when that peer is itself in AUTH_TRUSTED_PROXIES, and
-otherwise sends the peer alone, so a browser cannot choose the IP its session records. (The gRPC
-server must trust the bridge's address in turn; `auth-server serve` arranges that: runner.py.)
+otherwise sends the peer alone, so a browser cannot choose the IP its session records. (The guard
+must trust the bridge in turn: in process it does; over gRPC `serve --workers` and `bridge` send the
+bridge secret: runner.py.)
 
 Browser concerns live here too: a body limit (AUTH_MAX_MESSAGE_BYTES, 413), JSON only (415 for
 another content type, 400 for malformed JSON: never a 500; the one exception is the unlock link's
@@ -20,35 +23,30 @@ demo page under `/demo` with a strict Content-Security-Policy.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl
 
-import grpc
-from google.protobuf.descriptor import FileDescriptor
-from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth_client.gen.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.http import cookies, unlock_page
-from auth_server.http.errors import HttpError, bad_request, from_rpc_error
-from auth_server.http.routes import Match, Route, RouteTable, derive_routes
+from auth_server.http.backends import Backend, Headers, InProcess, Local, Upstream
+from auth_server.http.errors import HttpError, bad_request
+from auth_server.http.routes import Match, RouteTable, derive_routes
 from auth_server.http.transcode import build_request, parse_json_object, response_json
 from auth_server.infra.config import Settings
-from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
+from auth_server.infra.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
 # The generated modules that serve each proto file: the stubs are found by service name in them.
 STUB_MODULES = ((auth_pb2.DESCRIPTOR, auth_pb2_grpc), (admin_pb2.DESCRIPTOR, admin_pb2_grpc))
-CALL_TIMEOUT = 30.0  # seconds for one forwarded call (bcrypt and SMTP included): 504 after that
-HEALTH_TIMEOUT = 3.0
 MAX_USER_AGENT = 512
 MAX_FORWARDED_CHARS = 1024
 FORWARDED_HEADERS = ("authorization", "x-tenant-id", "x-device-name")  # passed through as call metadata
@@ -77,48 +75,33 @@ def _load_demo() -> dict[str, tuple[bytes, str]]:
     return {path: (static.joinpath(name).read_bytes(), media) for path, (name, media) in DEMO_FILES.items()}
 
 
-class Upstream:
-    """The grpc.aio channel to the service and one generated stub per service, made on the serving loop."""
+# What JSONResponse.render makes, with one encoder for every response instead of one per json.dumps call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+_API_RAW = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in API_HEADERS.items()]
+_API_NAMES = frozenset(name.lower() for name in API_HEADERS)
 
-    def __init__(self, target: str, files: Iterable[tuple[FileDescriptor, Any]]) -> None:
-        self.target = target
-        self._files = tuple(files)
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
-        self._health: health_pb2_grpc.HealthStub | None = None
 
-    def open(self) -> None:
-        if self._channel is not None:
+class ApiResponse(JSONResponse):
+    """A JSONResponse with API_HEADERS (encoded once) and `headers`: the same status, header list and bytes
+    as `JSONResponse(content, status, {**API_HEADERS, **headers})`, for less work on every answer."""
+
+    def __init__(self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        if headers and not _API_NAMES.isdisjoint(name.lower() for name in headers):
+            super().__init__(content, status_code, {**API_HEADERS, **headers})  # an API header replaced
             return
-        self._channel = grpc.aio.insecure_channel(self.target, options=[("grpc.primary_user_agent", "auth-bridge")])
-        for file, module in self._files:
-            for service in file.services_by_name.values():
-                self._stubs[service.full_name] = getattr(module, f"{service.name}Stub")(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(grace=None)
-            self._channel = None
-
-    async def call(self, route: Route, request: Message, metadata: list[tuple[str, str]]) -> Message:
-        self.open()
-        method = getattr(self._stubs[route.service], route.method.name)
-        return await method(request, metadata=metadata, timeout=CALL_TIMEOUT)
-
-    async def health(self) -> str:
-        self.open()
-        assert self._health is not None
-        try:
-            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
-        except grpc.aio.AioRpcError as error:
-            log.warning("health check of %s failed: %s", self.target, error.code().name)
-            return "UNAVAILABLE"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        self.status_code = status_code
+        self.background = None
+        self.body = body = _ENCODER.encode(content).encode("utf-8")
+        raw = _API_RAW.copy()
+        if headers:
+            raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        raw.append((b"content-type", b"application/json"))
+        self.raw_headers = raw
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(content, status_code=status, headers={**API_HEADERS, **(headers or {})})
+    return ApiResponse(content, status, headers)
 
 
 def error_response(error: HttpError) -> JSONResponse:
@@ -132,16 +115,25 @@ def _printable(value: str) -> str:
 
 
 class BridgeApp:
-    """The bridge proper (no CORS): lifespan opens/closes the upstream channel, http requests are served."""
+    """The bridge proper (no CORS): lifespan opens/closes the backend, http requests are served."""
 
-    def __init__(self, settings: Settings, upstream: str) -> None:
+    def __init__(self, settings: Settings, upstream: str, local: InProcess | None = None) -> None:
+        """`local`: the guarded handlers of this process, called in place of the gRPC server at `upstream`."""
         self.routes = RouteTable(derive_routes(file for file, _ in STUB_MODULES))
-        self._upstream = Upstream(upstream, STUB_MODULES)
+        # Routes without path variables by (method, path): a dict lookup instead of trying every pattern,
+        # kept only where the table's own search finds that same route first.
+        self._literal: dict[tuple[str, str], Match] = {}
+        for route in self.routes.routes:
+            found, _ = self.routes.find(route.http_method, route.template)
+            if not route.path_fields and found is not None and found.route is route:
+                self._literal[(route.http_method, route.template)] = found
+        self._backend: Backend = (
+            Local(local) if local is not None else Upstream(upstream, STUB_MODULES, settings.bridge_secret)
+        )
         self._limit = settings.max_message_bytes
         self._cookie = settings.refresh_cookie
         self._device_ttl = settings.device_token_ttl
         self._proxies = TrustedProxies(settings.trusted_proxies)
-        self._bridge_secret = settings.bridge_secret
         self._demo = _load_demo()
         for route in self.routes.routes:
             log.debug("route %s %s -> %s", route.http_method, route.template, route.rpc)
@@ -167,13 +159,13 @@ class BridgeApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self._upstream.open()
+                    await self._backend.open()
                 except Exception as error:
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self._upstream.close()
+                await self._backend.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -183,14 +175,17 @@ class BridgeApp:
         method = request.method
         if method in ("GET", "HEAD"):
             if path == "/healthz":
-                status = await self._upstream.health()
+                status = await self._backend.health()
                 return _json({"status": status}, 200 if status == "SERVING" else 503)
             if path in self._demo:
                 content, media = self._demo[path]
                 return Response(content, media_type=media, headers=DEMO_HEADERS)
-            if path == unlock_page.PAGE_PATH:  # the e-mailed link: a page that redeems nothing
-                return unlock_page.confirmation_page(request.scope.get("query_string", b""))
-        match, allowed = self.routes.find(method, path)
+            if path in unlock_page.LINKS:  # an e-mailed link (unlock, "This wasn't me"): a page that redeems nothing
+                return unlock_page.confirmation_page(request.scope.get("query_string", b""), path)
+        match = self._literal.get((method, path))
+        allowed: tuple[str, ...] = ()
+        if match is None:
+            match, allowed = self.routes.find(method, path)
         if match is None:
             if allowed:
                 raise HttpError(
@@ -236,14 +231,11 @@ class BridgeApp:
             message.device_token = request.cookies[cookies.DEVICE_COOKIE]
 
         try:
-            reply = await self._upstream.call(route, message, self._metadata(request))
-        except grpc.aio.AioRpcError as error:
-            failure = from_rpc_error(error.code(), error.details(), error.trailing_metadata())
+            reply = await self._backend.call(route, message, self._headers(request))
+        except HttpError as failure:
             if from_cookie and failure.http_status == 401:
                 failure.headers["Set-Cookie"] = cookies.clear_cookie()
-            raise failure from None
-        except grpc.aio.UsageError:  # the channel is closing: the bridge is shutting down
-            raise HttpError(503, "UNAVAILABLE", "unavailable", "The service is shutting down; retry.") from None
+            raise
 
         data = response_json(route, reply)
         headers: dict[str, str] = {}
@@ -264,21 +256,17 @@ class BridgeApp:
         return response
 
     async def _forward_form(self, request: Request, match: Match) -> Response:
-        """A browser's form post (the unlock page's button): the form's fields make the request, and the
-        answer is an HTML page, errors included, because the browser displays whatever comes back."""
+        """A browser's form post (a mailed link's page, its button): the form's fields make the request, and
+        the answer is an HTML page, errors included, because the browser displays whatever comes back."""
+        rpc, fields = match.route.rpc, {}
         try:
             fields = unlock_page.parse_form(await self._read_body(request))
             query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             message = build_request(match.route, match.variables, query, fields)
-            await self._upstream.call(match.route, message, self._metadata(request))
-        except HttpError as error:
-            return unlock_page.result_page(error)
-        except grpc.aio.AioRpcError as error:
-            return unlock_page.result_page(from_rpc_error(error.code(), error.details(), error.trailing_metadata()))
-        except grpc.aio.UsageError:  # the channel is closing: the bridge is shutting down
-            closing = HttpError(503, "UNAVAILABLE", "unavailable", "The service is shutting down; retry.")
-            return unlock_page.result_page(closing)
-        return unlock_page.result_page(None)
+            reply = await self._backend.call(match.route, message, self._headers(request))
+        except HttpError as error:  # the bridge's own refusals and the call's failures alike
+            return unlock_page.result_page(error, rpc, fields)
+        return unlock_page.result_page(None, rpc, fields, reply)
 
     async def _read_body(self, request: Request) -> bytes:
         too_large = HttpError(
@@ -305,25 +293,30 @@ class BridgeApp:
                 415, "INVALID_ARGUMENT", "unsupported_media_type", "Send the request body as application/json."
             )
 
-    def _metadata(self, request: Request) -> list[tuple[str, str]]:
-        metadata: list[tuple[str, str]] = []
-        for name in FORWARDED_HEADERS:
-            for value in request.headers.getlist(name):
+    def _headers(self, request: Request) -> Headers:
+        """What the call carries as gRPC metadata would (the backend sends it as such, or hands it to the guard)."""
+        headers: Headers = {}
+        user_agent, incoming = None, []
+        # One pass over the raw headers (names are lower case in ASGI) rather than a lookup per name.
+        for raw_name, raw_value in request.scope["headers"]:
+            name = raw_name.decode("latin-1")
+            if name in FORWARDED_HEADERS:
+                value = raw_value.decode("latin-1")
                 if _printable(value) != value:
                     raise bad_request("invalid_header", f"The {name} header must be printable ASCII.")
-                metadata.append((name, value.strip()))
-        user_agent = _printable(request.headers.get("user-agent", ""))[:MAX_USER_AGENT].strip()
-        metadata.append(("x-user-agent", user_agent))
-        forwarded = self._forwarded_for(request)
+                headers.setdefault(name, []).append(value.strip())
+            elif name == "user-agent" and user_agent is None:
+                user_agent = raw_value.decode("latin-1")
+            elif name == "x-forwarded-for":
+                incoming.append(_printable(raw_value.decode("latin-1")))
+        headers["x-user-agent"] = [_printable(user_agent or "")[:MAX_USER_AGENT].strip()]
+        forwarded = self._forwarded_for(request, incoming)
         if forwarded:
-            metadata.append(("x-forwarded-for", forwarded))
-            if self._bridge_secret:  # proves to the guard that this hop may be believed
-                metadata.append((BRIDGE_HEADER, self._bridge_secret))
-        return metadata
+            headers["x-forwarded-for"] = [forwarded]
+        return headers
 
-    def _forwarded_for(self, request: Request) -> str:
+    def _forwarded_for(self, request: Request, incoming: list[str]) -> str:
         peer = request.client.host if request.client else ""
-        incoming = [_printable(v) for v in request.headers.getlist("x-forwarded-for")]
         if not (incoming and peer and peer in self._proxies):
             return peer
         chain = [hop.strip() for hop in ",".join(incoming).split(",") if hop.strip()] + [peer]
@@ -332,11 +325,48 @@ class BridgeApp:
         return ", ".join(chain)
 
 
-def create_app(settings: Settings, upstream: str) -> ASGIApp:
+class CorsWhenOrigin:
+    """Starlette's CORS middleware for requests that carry an Origin; the others (same-origin reads, every
+    non-browser client) get the one thing it would add to them, `Vary: Origin`, without its per-request
+    cost of header objects and a wrapped `send` (issue 15)."""
+
+    def __init__(self, bridge: ASGIApp, cors: ASGIApp) -> None:
+        self._bridge = bridge
+        self._cors = cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._bridge(scope, receive, send)
+            return
+        for name, _ in scope["headers"]:
+            if name == b"origin":
+                await self._cors(scope, receive, send)
+                return
+
+        async def vary_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _vary_origin(list(message.get("headers", ())))
+            await send(message)
+
+        await self._bridge(scope, receive, vary_send)
+
+
+def _vary_origin(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`Vary: Origin` merged in as the CORS middleware does: one Vary header, "Origin" last."""
+    found = [i for i, (name, _) in enumerate(headers) if name.lower() == b"vary"]
+    if not found:
+        headers.append((b"vary", b"Origin"))
+        return headers
+    merged = b", ".join([*(headers[i][1] for i in found), b"Origin"])
+    headers[found[0]] = (b"vary", merged)
+    return [h for i, h in enumerate(headers) if i not in found[1:]]
+
+
+def create_app(settings: Settings, upstream: str, local: InProcess | None = None) -> ASGIApp:
     """The bridge wrapped in CORS for the configured origins (none: every cross-origin call is refused)."""
-    bridge = BridgeApp(settings, upstream)
+    bridge = BridgeApp(settings, upstream, local)
     methods = sorted({route.http_method for route in bridge.routes.routes} | {"GET"})
-    return CORSMiddleware(
+    cors = CORSMiddleware(
         bridge,
         allow_origins=list(settings.cors_origins),
         allow_methods=methods,
@@ -345,3 +375,4 @@ def create_app(settings: Settings, upstream: str) -> ASGIApp:
         expose_headers=["WWW-Authenticate", "Retry-After"],
         max_age=600,
     )
+    return CorsWhenOrigin(bridge, cors)

@@ -6,7 +6,9 @@ with the ErrorInfo reason in lower case (browser code checks `error.reason === '
 and `metadata` when ErrorInfo carried some (`retry_after_seconds` also becomes `Retry-After`).
 The status mapping follows google/rpc/code.proto as grpc-gateway does; 401 adds `WWW-Authenticate`.
 Errors the bridge raises itself (bad JSON, too large, unknown route) use the same shape through
-`HttpError`. A status without our ErrorInfo (the upstream unreachable, a deadline) gets a generic
+`HttpError`. The in-process bridge gets the guard's AuthError itself and maps it with `from_auth_error`,
+to exactly what `from_rpc_error` makes of the status the guard would have sent (tests/unit/test_http_errors.py
+holds the two equal). A status without our ErrorInfo (the upstream unreachable, a deadline) gets a generic
 message: transport details such as addresses never reach the browser.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from auth_server.domain.errors import DOMAIN
+from auth_server.domain.errors import DOMAIN, AuthError
 
 HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
@@ -110,6 +112,22 @@ def from_rpc_error(code: grpc.StatusCode, details: str | None, trailing: grpc.ai
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 fields = [{"field": v.field, "description": v.description} for v in bad.field_violations]
+    return _http_error(http_status, name, reason, message, fields, metadata)
+
+
+def from_auth_error(error: AuthError) -> HttpError:
+    """The HttpError for the guard's AuthError of an in-process call: what `from_rpc_error` makes of the
+    status (ErrorInfo, BadRequest) that the guard would have sent for it over gRPC."""
+    code = grpc.StatusCode[error.code.value]
+    message = error.message or GENERIC_MESSAGES.get(code, GENERIC_MESSAGE)
+    fields = [{"field": v.field, "description": v.description} for v in error.violations]
+    http_status = HTTP_STATUS.get(code, 500)
+    return _http_error(http_status, code.name, error.reason.lower(), message, fields, dict(error.metadata))
+
+
+def _http_error(
+    http_status: int, name: str, reason: str, message: str, fields: list[dict[str, str]], metadata: dict[str, str]
+) -> HttpError:
     headers: dict[str, str] = {}
     if http_status == 401:
         # RFC 6750 section 3: no error code when the request carried no token at all.

@@ -9,13 +9,20 @@ JSON goes through `google.protobuf.json_format`, so input accepts lowerCamelCase
 
 Response: the protobuf JSON mapping in lowerCamelCase with fields that have no presence printed
 even when they hold their default (`isCurrent: false`, `sessions: []`), plus a human `message` for
-the routes in MESSAGES. `LogoutSession` answers only `{"message": "Session revoked successfully"}`
+the routes in MESSAGES. It is json_format.MessageToDict's output, made by a printer compiled once per
+message type (`to_dict`): json_format walks descriptors and options on every call, which was a tenth
+of the bridge's own work per request (issue 15). Types it does not handle itself (maps, floats, enum
+JSON-name options, well-known types other than Timestamp/Duration/FieldMask) go to json_format;
+tests/unit/test_transcode_printer.py holds the two equal for every routed response type.
+`LogoutSession` answers only `{"message": "Session revoked successfully"}`
 (the shape the browser clients of the old service expect; DESIGN.md section 3).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format, message_factory
@@ -27,7 +34,8 @@ from auth_server.http.routes import Route
 
 # Presentation only (the routes themselves come from the protos): the `message` added to responses.
 MESSAGES = {
-    "auth.v1.AuthService.Signup": "Account created",
+    "auth.v1.AuthService.Signup": "Check your inbox to finish signing up",  # the same whether or not one exists
+    "auth.v1.AuthService.VerifySignup": "Account created",
     "auth.v1.AuthService.Login": "A sign-in code was sent by e-mail",
     "auth.v1.AuthService.VerifyOtp": "Login successful",
     "auth.v1.AuthService.Refresh": "Token refreshed",
@@ -161,13 +169,85 @@ def build_request(
     return request
 
 
+_Convert = Callable[[Any], Any]
+_TEXT_WKT = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"})
+_INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})  # printed as JSON strings
+_printers: dict[str, Callable[[Message], dict[str, Any]]] = {}
+
+
+def _json_format(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """json_format.MessageToDict(message, always_print_fields_with_no_presence=True), faster."""
+    printer = _printers.get(message.DESCRIPTOR.full_name)
+    if printer is None:
+        printer = _printers[message.DESCRIPTOR.full_name] = _compile(message.DESCRIPTOR)
+    return printer(message)
+
+
+def _compile(descriptor: Descriptor) -> Callable[[Message], dict[str, Any]]:
+    if descriptor.full_name in _TEXT_WKT:
+        return lambda message: message.ToJsonString()  # type: ignore[attr-defined,return-value]
+    if descriptor.full_name.startswith("google.protobuf."):
+        return _json_format  # Any, Struct, wrappers...: json_format's own rules
+    fields: dict[int, tuple[str, _Convert, bool]] = {}  # number -> (json name, convert, repeated)
+    defaults: list[tuple[str, Any]] = []  # fields without presence, printed when unset
+    for field in descriptor.fields:
+        convert = _converter(field)
+        if convert is None:
+            return _json_format
+        fields[field.number] = (field.json_name, convert, field.is_repeated)
+        if not field.has_presence:
+            defaults.append((field.json_name, None if field.is_repeated else convert(field.default_value)))
+
+    def printer(message: Message) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field, value in message.ListFields():  # set fields, by field number, as json_format does
+            name, convert, repeated = fields[field.number]
+            out[name] = [convert(item) for item in value] if repeated else convert(value)
+        for name, default in defaults:
+            if name not in out:
+                out[name] = [] if default is None else default
+        return out
+
+    return printer
+
+
+def _converter(field: FieldDescriptor) -> _Convert | None:
+    """value -> JSON value for one field, or None when json_format must print the whole message."""
+    if field.is_extension or (field.message_type is not None and field.message_type.GetOptions().map_entry):
+        return None
+    kind = field.cpp_type
+    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+        return to_dict
+    if kind == FieldDescriptor.CPPTYPE_ENUM:
+        enum = field.enum_type
+        if enum.is_closed or enum.full_name == "google.protobuf.NullValue":
+            return None
+        if any(value.GetOptions().ListFields() for value in enum.values):
+            return None  # a JSON-name option on a value
+        names = {value.number: value.name for value in enum.values}
+        return lambda number: names.get(number, number)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return lambda value: base64.b64encode(value).decode("utf-8")
+    if kind == FieldDescriptor.CPPTYPE_STRING:
+        return str
+    if kind == FieldDescriptor.CPPTYPE_BOOL:
+        return bool
+    if kind in _INT64:
+        return str
+    if kind in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32):
+        return int
+    return None  # float and double: infinities, NaN and shortest-float rules stay json_format's
+
+
 def response_json(route: Route, response: Message) -> Any:
     """The JSON body of a successful call."""
     if route.rpc in MESSAGE_ONLY:
         return {"message": MESSAGES[route.rpc]}
-    data: Any = json_format.MessageToDict(
-        response, always_print_fields_with_no_presence=True, preserving_proto_field_name=False
-    )
+    data: Any = to_dict(response)
     if route.response_body:
         data = data.get(route.response_type.fields_by_name[route.response_body].json_name)
     message = MESSAGES.get(route.rpc)

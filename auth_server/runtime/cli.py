@@ -1,5 +1,6 @@
 """The `auth-server` command: serve (default), bridge, `user set-role` for bootstrapping an admin, and
-`service create|list|rotate|delete` for service accounts (auth_server/domain/services.py).
+`service create|list|rotate|delete` for service accounts (auth_server/domain/services.py), and `purge`,
+one run of the job every server runs every AUTH_PURGE_INTERVAL (auth_server/domain/purge.py).
 
 `serve` runs the gRPC server and the HTTP bridge (auth_server/http) in one process; `bridge` runs
 the bridge alone in front of a gRPC server elsewhere. SIGTERM/SIGINT stop both cleanly (exit 0).
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("name")
     for command in (create, listing, rotate, delete):
         command.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    purge = sub.add_parser("purge", help="delete ended sessions, challenges, counters, old audit events now, once")
+    purge.add_argument("--store", help="sqlite:///path or mongodb://... (AUTH_STORE)")
+    purge.add_argument("--json", action="store_true", help="print {tenant: {kind: count}}")
     return parser
 
 
@@ -124,7 +128,8 @@ def serve(settings: Settings) -> int:
     if settings.metrics_addr:
         app.metrics.serve(settings.metrics_addr)
     try:
-        bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port), listener).start()
+        # In process: the bridge calls the guarded handlers directly (no loopback gRPC hop; issue 15).
+        bridge = BridgeServer(settings, local_target(settings.grpc_addr, app.port), listener, app.local).start()
     except BaseException:
         listener.close()
         app.stop(0)
@@ -294,6 +299,34 @@ def service_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def purge_command(settings: Settings, as_json: bool) -> int:
+    """`auth-server purge`: what the servers' periodic job does, once, now (e.g. from cron when
+    AUTH_PURGE_INTERVAL=0); safe while servers run theirs."""
+    from auth_server.domain.purge import KINDS, Purge
+    from auth_server.store import open_store
+
+    refusal = _missing_sqlite(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_CONFIG
+    where = _store_location(settings)
+    store = open_store(settings.store_uri)
+    store.open()
+    try:
+        for tenant in sorted(settings.tenants):
+            store.prepare_tenant(tenant)
+        deleted = Purge(store, settings).run()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(deleted, sort_keys=True))
+        return 0
+    for tenant, counts in deleted.items():
+        summary = ", ".join(f"{counts.get(kind, 0)} {kind.replace('_', ' ')}" for kind in KINDS)
+        print(f"auth-server: purged tenant {tenant} of {where}: {summary}")
+    return 0
+
+
 def _print_secret(as_json: bool, account: object, client_secret: str, note: str) -> None:
     if as_json:
         print(json.dumps(_account_json(account, client_secret)))
@@ -313,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             return set_role(settings, args.username, args.role, args.tenant, args.force)
         if args.command == "service":
             return service_command(load_settings(store=args.store), args)
+        if args.command == "purge":
+            return purge_command(load_settings(store=args.store), args.json)
         if args.command == "bridge":
             return bridge(load_settings(http_addr=args.http_addr), args.upstream)
         settings = load_settings(

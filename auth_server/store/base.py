@@ -328,3 +328,23 @@ class Store(Protocol):
 
     def last_revocation_seq(self, tenant: str) -> int:
         """The largest seq in the tenant's log (0 when empty): where a watch "from now" starts."""
+
+    # purge (domain/purge.py decides the cut-offs)
+    def purge(
+        self,
+        tenant: str,
+        *,
+        ended_before: datetime,
+        events_before: datetime,
+        revocations_before: datetime | None = None,
+    ) -> dict[str, int]:
+        """Delete what ended before the cut-offs; return how many of each kind went.
+
+        "sessions": revoked, or expired, before `ended_before`; "challenges" (every kind): expired or
+        consumed before it; "counters": expired before it (none without an expiry); "unlock_tokens":
+        users whose unlock token expired before it lose the token's hash and expiry (the user stays);
+        "audit_events": created before `events_before`; "revocations": log entries appended before
+        `revocations_before` (None: none), never the newest one, so seqs go on from it. Every delete is
+        conditional on the record being past its cut-off, so purges running at once in several
+        processes are safe: each record goes once, and nothing live is touched.
+        """

@@ -591,6 +591,45 @@ class MongoStore:
         last = self._tenant(tenant).revocations.find_one({}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
         return int(last["_id"]) if last else 0
 
+    # -- purge -------------------------------------------------------------------------------------
+
+    @_unavailable_on_connection_failure
+    def purge(
+        self,
+        tenant: str,
+        *,
+        ended_before: datetime,
+        events_before: datetime,
+        revocations_before: datetime | None = None,
+    ) -> dict[str, int]:
+        handles = self._tenant(tenant)
+
+        def delete(collection: Collection[dict[str, Any]], query: dict[str, Any]) -> int:
+            # A filtered delete_many: each document goes only if it still matches (idempotent).
+            with self._writing():
+                return collection.delete_many(query).deleted_count
+
+        ended = {"$lt": ended_before}
+        counts = {
+            "sessions": delete(handles.sessions, {"$or": [{"expires_at": ended}, {"revoked_at": ended}]}),
+            "challenges": delete(handles.challenges, {"$or": [{"expires_at": ended}, {"consumed_at": ended}]}),
+            "counters": delete(handles.counters, {"expires_at": ended}),
+            "audit_events": delete(handles.events, {"created_at": {"$lt": events_before}}),
+            "revocations": 0,
+        }
+        with self._writing():
+            counts["unlock_tokens"] = handles.users.update_many(
+                {"unlock_token_expires_at": ended},
+                {"$set": {"unlock_token_hash": None, "unlock_token_expires_at": None}},
+            ).modified_count
+        if revocations_before is not None:
+            # Never the newest entry: the next seq is the largest one plus one (append_revocation).
+            last = handles.revocations.find_one({}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
+            if last is not None:
+                query = {"_id": {"$lt": last["_id"]}, "at": {"$lt": revocations_before}}
+                counts["revocations"] = delete(handles.revocations, query)
+        return counts
+
 
 # Attempts at appending one revocation when other writers keep taking the next seq (each retry reads anew).
 _MAX_APPEND_ATTEMPTS = 50
@@ -624,6 +663,14 @@ def _create_indexes(handles: _Tenant) -> None:
         except OperationFailure as exc:
             # Cleanup only (FerretDB 1.24 refuses TTL indexes): correctness never depends on it.
             _log.warning("no TTL index on %s.%s: %s", collection.database.name, collection.name, exc)
+            # purge() searches by expiry all the same (on FerretDB it is the only cleanup there is).
+            collection.create_index("expires_at", name="expires_at")
+    # What purge() searches by (issue 14).
+    handles.sessions.create_index("revoked_at", name="revoked_at")
+    handles.challenges.create_index("consumed_at", name="consumed_at")
+    handles.users.create_index("unlock_token_expires_at", name="unlock_token_expires_at")
+    handles.events.create_index("created_at", name="created_at")
+    handles.revocations.create_index("at", name="at")
 
 
 def _duplicate_field(

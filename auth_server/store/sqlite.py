@@ -157,6 +157,20 @@ _REVOCATIONS = (
     " kind TEXT NOT NULL, at INTEGER NOT NULL, session_id TEXT NOT NULL, user_id TEXT NOT NULL,"
     " service_account_id TEXT NOT NULL)"
 )
+# What purge() searches by (issue 14): each delete is a range over one of these. Partial where most
+# rows have no value: SQLite uses them for `column < ?`, which implies the column is not NULL.
+_PURGE_INDEXES = {
+    "sessions_expires": "sessions (tenant, expires_at)",
+    "sessions_revoked": "sessions (tenant, revoked_at) WHERE revoked_at IS NOT NULL",
+    "login_challenges_expires": "login_challenges (tenant, expires_at)",
+    "login_challenges_consumed": "login_challenges (tenant, consumed_at) WHERE consumed_at IS NOT NULL",
+    "counters_expires": "counters (tenant, expires_at) WHERE expires_at IS NOT NULL",
+    "users_unlock_expires": "users (tenant, unlock_token_expires_at) WHERE unlock_token_expires_at IS NOT NULL",
+    "audit_events_created": "audit_events (tenant, created_at)",
+    "revocations_at": "revocations (tenant, at)",
+}
+# Rows one purge statement deletes at most, so the writer thread never holds SQLite's write lock long.
+_PURGE_BATCH = 1000
 _SCHEMA = (
     *(table.ddl() for table in _TABLES),
     _HEARTBEAT,
@@ -170,6 +184,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS login_challenges_user ON login_challenges (tenant, user_id)",
     "CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (tenant, user_id, id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS service_accounts_name ON service_accounts (tenant, name)",
+    *(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}" for name, spec in _PURGE_INDEXES.items()),
 )
 
 _SESSION_AND_USER = (
@@ -352,7 +367,13 @@ class SqliteStore:
             f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})",  # noqa: S608
             names,
         ).fetchone()
-        if found == len(names) and not _added_columns(conn):
+        # A file made before purge() existed lacks only its indexes: they are added below.
+        marks = ", ".join("?" * len(_PURGE_INDEXES))
+        (indexed,) = conn.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ({marks})",  # noqa: S608
+            list(_PURGE_INDEXES),
+        ).fetchone()
+        if found == len(names) and indexed == len(_PURGE_INDEXES) and not _added_columns(conn):
             return
         conn.execute("PRAGMA journal_mode = WAL")  # persistent: recorded in the file itself
         conn.execute("BEGIN IMMEDIATE")
@@ -759,3 +780,53 @@ class SqliteStore:
     def last_revocation_seq(self, tenant: str) -> int:
         rows, _ = self._execute("SELECT max(seq) FROM revocations WHERE tenant = ?", (tenant,))
         return int(rows[0][0] or 0)
+
+    # -- purge -------------------------------------------------------------------------------------
+
+    def purge(
+        self,
+        tenant: str,
+        *,
+        ended_before: datetime,
+        events_before: datetime,
+        revocations_before: datetime | None = None,
+    ) -> dict[str, int]:
+        ended, events = _encode("datetime", ended_before), _encode("datetime", events_before)
+        counts = {
+            "sessions": self._purge_rows("sessions", "expires_at < ?", tenant, ended)
+            + self._purge_rows("sessions", "revoked_at < ?", tenant, ended),
+            "challenges": self._purge_rows("login_challenges", "expires_at < ?", tenant, ended)
+            + self._purge_rows("login_challenges", "consumed_at < ?", tenant, ended),
+            "counters": self._purge_rows("counters", "expires_at < ?", tenant, ended),
+            "unlock_tokens": self._execute(
+                "UPDATE users SET unlock_token_hash = NULL, unlock_token_expires_at = NULL"
+                " WHERE tenant = ? AND unlock_token_expires_at < ?",
+                (tenant, ended),
+            )[1],
+            "audit_events": self._purge_rows("audit_events", "created_at < ?", tenant, events),
+            "revocations": 0,
+        }
+        if revocations_before is not None:
+            # Never the newest entry: the log's end is where a watch "from now" starts.
+            counts["revocations"] = self._purge_rows(
+                "revocations",
+                "at < ? AND seq < (SELECT max(seq) FROM revocations WHERE tenant = ?)",
+                tenant,
+                _encode("datetime", revocations_before),
+                tenant,
+            )
+        return counts
+
+    def _purge_rows(self, table: str, condition: str, tenant: str, *params: Any) -> int:
+        """Delete the tenant's rows of `table` that meet `condition`, a batch per write: return how many."""
+        # Only this module's fixed table names and conditions are interpolated; values are parameters.
+        sql = (
+            f"DELETE FROM {table} WHERE rowid IN"  # noqa: S608
+            f" (SELECT rowid FROM {table} WHERE tenant = ? AND {condition} LIMIT {_PURGE_BATCH})"
+        )
+        total = 0
+        while True:
+            _, count = self._execute(sql, (tenant, *params))
+            total += count
+            if count < _PURGE_BATCH:
+                return total

@@ -158,6 +158,7 @@ def test_retries_are_bounded(channel: RecordingChannel) -> None:
         ("VerifyOtp", lambda c: c.verify_otp("login-1", "123456")),
         ("Refresh", lambda c: c.refresh("refresh-1")),
         ("Signup", lambda c: c.signup("alice", "alice@example.com", "pw")),
+        ("VerifySignup", lambda c: c.verify_signup("signup-1", "123456")),
         ("ChangePassword", lambda c: c.change_password("old", "new")),
         ("LogoutAll", lambda c: c.logout_all()),
     ],
@@ -366,6 +367,7 @@ def test_the_table_covers_the_contract() -> None:
         "ListAuditEvents",
         "UnlockUser",
         "SetUserRole",
+        "UpdateMe",  # only the masked fields, set to the same values again
     }
 
 

@@ -158,9 +158,12 @@ def orders(client: Client, make_orders: Callable[..., Orders]) -> Orders:
 
 
 def sign_in(auth: AuthClient, smtp: SmtpSink, username: str, tenant: str | None = None) -> auth_pb2.VerifyOtpResponse:
-    """Signup, Login, the e-mailed code, VerifyOtp: all through the client package's AuthClient."""
+    """Signup, its e-mailed code, VerifySignup, Login, the e-mailed code, VerifyOtp: all through the client
+    package's AuthClient."""
     address = f"{username}@example.com"
-    auth.signup(username, address, PASSWORD, tenant=tenant)
+    before = len(smtp.to(address))
+    started = auth.signup(username, address, PASSWORD, tenant=tenant)
+    auth.verify_signup(started.signup_id, smtp.last_code(address, count=before + 1), tenant=tenant)
     before = len(smtp.to(address))
     login = auth.login(username, PASSWORD, tenant=tenant)
     return auth.verify_otp(login.login_id, smtp.last_code(address, count=before + 1), tenant=tenant)
@@ -289,10 +292,14 @@ def test_async_client_against_the_real_server(client: Client) -> None:
 
     async def scenario() -> None:
         async with AsyncAuthClient(client.addr) as auth:
-            signed_up = await auth.signup("ivy", address, PASSWORD, name="Ivy")
+            started = await auth.signup("ivy", address, PASSWORD, name="Ivy")
+            assert started.delivery_hint == "i***@example.com"
+            signup_code = await asyncio.to_thread(client.smtp.last_code, address)
+            signed_up = await auth.verify_signup(started.signup_id, signup_code)
             assert signed_up.user.username == "ivy" and signed_up.user.role == 1  # ROLE_USER
+            assert signed_up.user.email_verified
             login = await auth.login("ivy", PASSWORD)
-            code = await asyncio.to_thread(client.smtp.last_code, address)
+            code = await asyncio.to_thread(client.smtp.last_code, address, 2)
             tokens = await auth.verify_otp(login.login_id, code, device_name="Laptop")
             me = await auth.with_token(tokens.access_token).get_me()
             assert (me.user.username, me.session_id) == ("ivy", tokens.session_id)

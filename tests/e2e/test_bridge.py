@@ -51,6 +51,9 @@ def _env(directory: Path, smtp: SmtpSink, **extra: str) -> dict[str, str]:
         "AUTH_TENANTS": "default,acme",
         "AUTH_CORS_ORIGINS": ALLOWED_ORIGIN,
         "AUTH_INTROSPECT_ACCESS": "public",  # test_introspect calls it as an anonymous browser would
+        # Every sign-up and login of the module comes from 127.0.0.1 within a minute or two (sign-ups
+        # count against the per-source rate too); the rate itself is tested in tests/integration.
+        "AUTH_SOURCE_LOGIN_RATE": "0",
         **extra,
     }
 
@@ -75,8 +78,13 @@ class User:
         n = next(_names)
         self.http, self.smtp = http, smtp
         self.username, self.email = f"user{n}-{os.getpid()}", f"user{n}-{os.getpid()}@example.com"
-        created = http.post("/api/v1/auth/signup", json=self.signup_body())
+        mails = len(smtp.to(self.email))
+        started = http.post("/api/v1/auth/signup", json=self.signup_body())
+        assert started.status_code == 200, started.text
+        verify = {"signupId": started.json()["signupId"], "code": smtp.last_code(self.email, mails + 1)}
+        created = http.post("/api/v1/auth/signup/verify", json=verify)
         assert created.status_code == 200, created.text
+        assert created.json()["user"]["emailVerified"] is True
         self.id = created.json()["user"]["id"]
 
     def signup_body(self) -> dict[str, str]:
@@ -117,6 +125,7 @@ def cookie_header(response: httpx.Response, name: str = "refresh_token") -> str:
 
 DESIGN_ROUTES = {  # DESIGN.md section 3: the routes browser clients expect
     ("POST", "/api/v1/auth/signup"),
+    ("POST", "/api/v1/auth/signup/verify"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/login/verify"),
     ("POST", "/api/v1/auth/refresh"),
@@ -267,20 +276,32 @@ def test_readme_curl_walkthrough_runs_as_written(server: ServerProcess, smtp: Sm
         pytest.fail(f"the README walkthrough needs {', '.join(missing)}")
     if missing:
         pytest.skip(f"the README walkthrough needs {', '.join(missing)}")
-    first, second = _readme_curl_blocks()
-    assert "B=http://127.0.0.1:8080\n" in first and "CODE=123456\n" in second
+    first, verify, second = _readme_curl_blocks()
+    assert "B=http://127.0.0.1:8080\n" in first and "SIGNUP_CODE=123456\n" in verify and "CODE=123456\n" in second
     first = first.replace("B=http://127.0.0.1:8080", f"B={server.http_url}")
     step1 = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", first + "\ndeclare -p B JSON JAR LOGIN_ID\n"],
+        ["bash", "-euo", "pipefail", "-c", first + "\ndeclare -p B JSON JAR SIGNUP_ID\n"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert step1.returncode == 0, step1.stdout + step1.stderr
-    assert '{"status":"SERVING"}' in step1.stdout and '"username":"joe"' in step1.stdout
+    assert '{"status":"SERVING"}' in step1.stdout
     declared = step1.stdout[step1.stdout.index("declare ") :]
-    code = smtp.last_code("joe@example.com")
+    signup_code = smtp.last_code("joe@example.com")
+    verify = verify.replace("SIGNUP_CODE=123456", f"SIGNUP_CODE={signup_code}")
+    step_verify = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", declared + verify + "\ndeclare -p B JSON JAR LOGIN_ID\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert step_verify.returncode == 0, step_verify.stdout + step_verify.stderr
+    assert '"username":"joe"' in step_verify.stdout and '"emailVerified":true' in step_verify.stdout
+    declared = step_verify.stdout[step_verify.stdout.index("declare ") :]
+    code = smtp.last_code("joe@example.com", count=2)
     step2 = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", declared + second.replace("CODE=123456", f"CODE={code}")],
         capture_output=True,
@@ -454,7 +475,7 @@ def _spend_budget_then_unlock(server: ServerProcess, http: httpx.Client, smtp: S
         assert wrong.status_code == 401 and error_of(wrong)["reason"] == "invalid_credentials"
     paused = http.post("/api/v1/auth/login", json={"usernameOrEmail": user.username, "password": PASSWORD})
     assert paused.status_code == 429 and error_of(paused)["reason"] == "rate_limited"
-    body = smtp.wait_for(user.email).body
+    body = smtp.wait_for(user.email, count=2).body  # the first was the sign-up code
     (token,) = UNLOCK_IN_MAIL.findall(body)
     # The link points at this bridge (AUTH_PUBLIC_URL unset: it defaults to AUTH_HTTP_ADDR, not :8080).
     (link,) = re.findall(r"https?://\S+", body)

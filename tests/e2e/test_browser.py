@@ -147,7 +147,7 @@ def log_in(driver: Any, smtp: SmtpSink, username: str, email: str, device_name: 
     wait(driver, lambda d: by_id(d, "signed-in").is_displayed() and devices(d), "My devices")
 
 
-SECRET_FIELDS = ("signup-password", "login-password", "code")
+SECRET_FIELDS = ("signup-password", "signup-code", "login-password", "code")
 
 
 def secrets_left(driver: Any) -> dict[str, str]:
@@ -187,10 +187,18 @@ def test_devices_and_revocation_from_a_second_browser(server: ServerProcess, smt
         open_demo(first, server)
         assert by_id(first, "signed-out").is_displayed() and not by_id(first, "notice").is_displayed()
         screenshot(first, tmp_path, "signed-out.png")
+        # Sign-up takes two steps: the form, then the code mailed to the address.
         fill(first, {"signup-username": username, "signup-email": email, "signup-password": PASSWORD})
         by_id(first, "signup-button").click()
-        wait(first, lambda d: "Account created" in by_id(d, "status").text, "the sign-up confirmation")
+        wait(first, lambda d: by_id(d, "signup-code-form").is_displayed(), "the sign-up code form")
+        assert "a***@example.com" in by_id(first, "signup-code-hint").text
         assert secrets_left(first) == {}  # the new password does not stay on screen
+        screenshot(first, tmp_path, "check-your-inbox.png")
+        fill(first, {"signup-code": smtp.last_code(email)})
+        by_id(first, "signup-code-button").click()
+        wait(first, lambda d: "Account created" in by_id(d, "status").text, "the sign-up confirmation")
+        assert not by_id(first, "signup-code-form").is_displayed()
+        assert secrets_left(first) == {}  # nor does the code
         screenshot(first, tmp_path, "signed-up.png")
 
         # Log in, then a wrong code: the error appears in the code form, where the person is looking.
@@ -257,3 +265,43 @@ def test_devices_and_revocation_from_a_second_browser(server: ServerProcess, smt
         by_id(second, "refresh-devices").click()
         wait(second, lambda d: by_id(d, "signed-in").is_displayed(), "the second browser still signed in")
         assert not by_id(second, "notice").is_displayed()
+
+
+def test_forgot_password_in_the_demo(server: ServerProcess, smtp: SmtpSink, tmp_path: Path) -> None:
+    """Forgot password? -> the identifier -> the mailed code and a new password -> log in with it."""
+    import bcrypt
+
+    from auth_server.infra.clock import utcnow
+    from auth_server.infra.ids import new_id
+    from auth_server.store import open_store
+    from auth_server.store.base import User
+
+    new_password = "purple elephant marmalade"
+    store = open_store(f"sqlite:///{tmp_path}/auth.db")  # the account, made as the server would store it
+    store.open()
+    try:
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4))
+        user = User(new_id(), "forgetter", "forgetter@example.com", "", "", "user", hashed, utcnow())
+        store.create_user("default", user)
+    finally:
+        store.close()
+    with chromium(tmp_path / "profile") as driver:
+        open_demo(driver, server)
+        by_id(driver, "forgot-open").click()
+        wait(driver, lambda d: by_id(d, "forgot-form").is_displayed(), "the forgot-password form")
+        fill(driver, {"forgot-user": "forgetter@example.com"})
+        by_id(driver, "forgot-button").click()
+        wait(driver, lambda d: by_id(d, "reset-form").is_displayed(), "the reset form")
+        fill(driver, {"reset-code": smtp.last_code("forgetter@example.com", 1), "reset-password": new_password})
+        screenshot(driver, tmp_path, "demo-reset.png")
+        by_id(driver, "reset-button").click()
+        wait(driver, lambda d: "password was reset" in by_id(d, "status").text, "the reset confirmation")
+        assert not by_id(driver, "reset-form").is_displayed()
+        assert by_id(driver, "reset-password").get_attribute("value") == ""
+        smtp.wait_for("forgetter@example.com", 2)  # the "your password was reset" notice
+        fill(driver, {"login-user": "forgetter", "login-password": new_password})
+        by_id(driver, "login-button").click()
+        wait(driver, lambda d: by_id(d, "code-form").is_displayed(), "the code form")
+        fill(driver, {"code": smtp.last_code("forgetter@example.com", 3)})
+        by_id(driver, "code-button").click()
+        wait(driver, lambda d: by_id(d, "signed-in").is_displayed() and devices(d), "My devices")

@@ -57,16 +57,16 @@ def _error(result: subprocess.CompletedProcess[str]) -> dict:
     return {"code": status["code"], "reason": info["reason"]}
 
 
-def test_sigterm_exits_zero_and_keeps_data(env: dict[str, str]) -> None:
+def test_sigterm_exits_zero_and_keeps_data(env: dict[str, str], smtp: SmtpSink) -> None:
     server = ServerProcess(env).start()
-    assert (
-        grpcurl(
-            server.addr,
-            "auth.v1.AuthService/Signup",
-            {"username": "kept", "email": "kept@example.com", "password": "correct horse battery"},
-        ).returncode
-        == 0
+    started = grpcurl(
+        server.addr,
+        "auth.v1.AuthService/Signup",
+        {"username": "kept", "email": "kept@example.com", "password": "correct horse battery"},
     )
+    assert started.returncode == 0, started.stderr
+    verify = {"signup_id": json.loads(started.stdout)["signup_id"], "code": smtp.last_code("kept@example.com")}
+    assert grpcurl(server.addr, "auth.v1.AuthService/VerifySignup", verify).returncode == 0
     assert server.stop() == 0
     assert "stopped" in "".join(server.output)
     with running(env) as again:  # a restart finds the committed user
@@ -158,10 +158,14 @@ def test_unlock_link_reaches_the_bridge_where_it_listens(env: dict[str, str], sm
         assert not server.http_url.endswith(":0")
         with httpx.Client(base_url=server.http_url, timeout=30) as http:
             account = {"username": "locked", "email": "locked@example.com", "password": "correct horse battery"}
-            assert http.post("/api/v1/auth/signup", json=account).status_code == 200
+            started = http.post("/api/v1/auth/signup", json=account)
+            assert started.status_code == 200
+            code = smtp.last_code("locked@example.com")
+            verify = {"signupId": started.json()["signupId"], "code": code}
+            assert http.post("/api/v1/auth/signup/verify", json=verify).status_code == 200
             wrong = http.post("/api/v1/auth/login", json={"usernameOrEmail": "locked", "password": "not it at all"})
             assert wrong.status_code == 401
-        (link,) = re.findall(r"https?://\S+", smtp.wait_for("locked@example.com").body)
+        (link,) = re.findall(r"https?://\S+", smtp.wait_for("locked@example.com", count=2).body)
         assert link.startswith(f"{server.http_url}/api/v1/auth/unlock?token=")
         opened = httpx.get(link, timeout=30)  # as the mail's reader clicks it: the bridge answers
         assert opened.status_code == 200 and "unlock" in opened.text.lower()
@@ -204,9 +208,13 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones(env: d
     server = ServerProcess({**env, "AUTH_SHUTDOWN_GRACE": "20", "AUTH_OTP_RESEND_INTERVAL": "0"}).start()
     channel = grpc.insecure_channel(server.addr)
     auth = auth_pb2_grpc.AuthServiceStub(channel)
-    auth.Signup(auth_pb2.SignupRequest(username="busy", email="busy@example.com", password="correct horse battery"))
+    started = auth.Signup(
+        auth_pb2.SignupRequest(username="busy", email="busy@example.com", password="correct horse battery")
+    )
+    signup_code = smtp.last_code("busy@example.com")
+    auth.VerifySignup(auth_pb2.VerifySignupRequest(signup_id=started.signup_id, code=signup_code))
     login = auth.Login(auth_pb2.LoginRequest(username_or_email="busy", password="correct horse battery"))
-    code = smtp.last_code("busy@example.com")
+    code = smtp.last_code("busy@example.com", count=2)
     kept = auth.VerifyOtp(auth_pb2.VerifyOtpRequest(login_id=login.login_id, otp=code))
 
     smtp.hold = threading.Event()

@@ -2,10 +2,11 @@
 "Try it with curl", in order, in one shell session, against a real `auth-server serve` started the way
 `scripts/serve` starts it (console mail, generated dev secret).
 
-Only three lines are changed before a block runs: `ADDR=...` and `B=...` point at this test's ports, and
-`CODE=123456` gets the code the server printed in its DEV MAIL. Each block runs under `set -euo pipefail`,
-so any failing command fails the test with the block and its output. What the README says the commands
-answer (SESSION_REVOKED, the 401, the JSON in its comments) is asserted on their output.
+Only four lines are changed before a block runs: `ADDR=...` and `B=...` point at this test's ports, and
+`SIGNUP_CODE=123456` and `CODE=123456` get the sign-up and sign-in codes the server printed in its DEV
+MAIL. Each block runs under `set -euo pipefail`, so any failing command fails the test with the block and
+its output. What the README says the commands answer (SESSION_REVOKED, the 401, the JSON in its
+comments) is asserted on their output.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ SECTIONS = ("Try it with grpcurl", "Try it with curl")
 GRPC_ADDR_LINE = "ADDR=127.0.0.1:50051"
 HTTP_BASE_LINE = "B=http://127.0.0.1:8080"
 CODE_LINE = "CODE=123456"
+SIGNUP_CODE_LINE = "SIGNUP_CODE=123456"
 DEV_MAIL = re.compile(r"----- DEV MAIL[^\n]*\n(.*?)\n----- END DEV MAIL -----", re.S)
-CODE_IN_MAIL = re.compile(r"Your sign-in code is ([0-9]{6})\b")  # the README quotes this sentence
+# The line a block reads a code into, and the mail's sentence that carries it (the README quotes both).
+CODE_IN_MAIL = {
+    CODE_LINE: re.compile(r"Your sign-in code is ([0-9]{6})\b"),
+    SIGNUP_CODE_LINE: re.compile(r"Your sign-up code is ([0-9]{6})\b"),
+}
 # The variables a block leaves behind, for the next block (as one terminal would keep them): every
 # variable the block's shell has beyond a fresh shell's, plus PATH, which the walkthrough extends.
 SAVE_STATE = r"""
@@ -62,8 +68,9 @@ def readme_blocks() -> list[Block]:
     return blocks
 
 
-def devmail_codes(console: str) -> list[str]:
-    return [m.group(1) for mail in DEV_MAIL.findall(console) if (m := CODE_IN_MAIL.search(mail))]
+def devmail_codes(console: str, code_line: str = CODE_LINE) -> list[str]:
+    """The codes of one kind (the line the README reads them into) in the console's DEV MAILs, in order."""
+    return [m.group(1) for mail in DEV_MAIL.findall(console) if (m := CODE_IN_MAIL[code_line].search(mail))]
 
 
 @dataclass
@@ -142,30 +149,34 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
         _need(name)
     blocks = readme_blocks()
     every_line = [line for block in blocks for line in block.text.splitlines()]
-    for line in (GRPC_ADDR_LINE, HTTP_BASE_LINE, CODE_LINE):
+    for line in (GRPC_ADDR_LINE, HTTP_BASE_LINE, CODE_LINE, SIGNUP_CODE_LINE):
         assert line in every_line, f"README walkthrough has no line {line!r} for the test to point at its server"
 
     state = tmp_path / "shell-state"
     state.write_text("")
     shell = Shell(state, {**os.environ, "PATH": f"{REPO / '.cache' / 'bin'}:{os.environ['PATH']}"})
     outputs: dict[str, list[str]] = {title: [] for title in SECTIONS}
-    codes_used = 0
+    codes_used = dict.fromkeys(CODE_IN_MAIL, 0)
     previous = output = ""
     for block in blocks:
         lines = block.text.splitlines()
-        if CODE_LINE in lines:
-            codes_used += 1
+        for code_line in [line for line in lines if line in CODE_IN_MAIL]:
+            codes_used[code_line] += 1
+            n = codes_used[code_line]
             try:
                 code = server.wait_for_output(
-                    lambda console, n=codes_used: codes[n - 1] if len(codes := devmail_codes(console)) >= n else None,
-                    f"DEV MAIL #{codes_used} with a sign-in code",
+                    lambda console, n=n, k=code_line: (
+                        codes[n - 1] if len(codes := devmail_codes(console, k)) >= n else None
+                    ),
+                    f"DEV MAIL #{n} with a code for {code_line}",
                 )
             except AssertionError as missing:
                 # The block before asked for the code: its output says why none came (curl -s hides errors).
                 pytest.fail(
                     f"{missing}\n--- the block before ---\n{previous}\n--- its output ---\n{output}", pytrace=False
                 )
-            lines = [f"CODE={code}" if line == CODE_LINE else line for line in lines]
+            name = code_line.split("=", 1)[0]
+            lines = [f"{name}={code}" if line == code_line else line for line in lines]
         lines = [
             f"ADDR={server.addr}"
             if line == GRPC_ADDR_LINE
@@ -181,7 +192,7 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
 
     grpc = "\n".join(outputs["Try it with grpcurl"])
     assert "auth.v1.AuthService" in grpc and '"status": "SERVING"' in grpc
-    assert '"username": "jane"' in grpc and '"role": "ROLE_USER"' in grpc
+    assert '"username": "jane"' in grpc and '"role": "ROLE_USER"' in grpc and '"email_verified": true' in grpc
     # The decoded JWT, as the README prints it: only session claims.
     (claims,) = [answer for answer in _json_answers(grpc) if "jti" in answer]
     assert set(claims) == {"session_id", "type", "iat", "exp", "jti"} and claims["type"] == "access"
@@ -190,7 +201,7 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
     assert '"code": 16' in revoked and '"reason": "SESSION_REVOKED"' in revoked, revoked
 
     http = "\n".join(outputs["Try it with curl"])
-    assert '"username":"joe"' in http
+    assert '"username":"joe"' in http and '"emailVerified":true' in http
     assert '"deviceName":"My laptop"' in http and '"isCurrent":true' in http
     assert "HTTP/1.1 401 Unauthorized" in http
     assert 'www-authenticate: bearer error="invalid_token"' in http.lower()

@@ -1,5 +1,5 @@
-"""The bounded soak (scripts/soak.py) in its short mode: 60 s of mixed load, flat memory, no surprises.
-AUTH_SOAK_SECONDS shortens or lengthens it."""
+"""The bounded soak (scripts/soak.py) in its short mode: 60 s of mixed load, flat memory, the store's rows
+of ended records flat under the purge, no surprises. AUTH_SOAK_SECONDS shortens or lengthens it."""
 
 from __future__ import annotations
 
@@ -27,3 +27,4 @@ def test_soak_short_mode() -> None:
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "soak: OK" in result.stdout
+    assert "soak: store rows at" in result.stdout  # the row-count figure (the purge's proof)

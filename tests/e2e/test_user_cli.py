@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from tests.support.mail import SmtpSink
 from tests.support.process import AUTH_SERVER, running
 
 PASSWORD = "correct horse battery"
@@ -41,11 +42,14 @@ def test_set_role_from_another_directory_refuses_to_create_an_empty_store(tmp_pa
 def test_set_role_names_its_store_and_keeps_the_last_active_admin(tmp_path: Path) -> None:
     db = tmp_path / "auth.db"
     store = f"sqlite:///{db}"
-    with running({"AUTH_STORE": store, "AUTH_BCRYPT_ROUNDS": "4"}) as server, grpc.insecure_channel(
-        server.addr
-    ) as channel:
+    smtp = SmtpSink().start()
+    env = {"AUTH_STORE": store, "AUTH_BCRYPT_ROUNDS": "4", "AUTH_SMTP_URL": smtp.url}
+    with running(env) as server, grpc.insecure_channel(server.addr) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
-        stub.Signup(auth_pb2.SignupRequest(username="jane", email="jane@example.com", password=PASSWORD))
+        started = stub.Signup(auth_pb2.SignupRequest(username="jane", email="jane@example.com", password=PASSWORD))
+        code = smtp.last_code("jane@example.com")
+        smtp.stop()
+        stub.VerifySignup(auth_pb2.VerifySignupRequest(signup_id=started.signup_id, code=code))
         promoted = set_role(tmp_path, store, "jane", "admin")
         assert promoted.returncode == 0, promoted.stderr
         assert promoted.stdout.strip() == f"auth-server: jane is now admin in tenant default of {db}"

@@ -54,9 +54,12 @@ def server(tmp_path: Path, smtp: SmtpSink) -> Iterator[ServerProcess]:
 def _session(stub: auth_pb2_grpc.AuthServiceStub, smtp: SmtpSink, n: int) -> str:
     """Sign a user up and log in; the session's first refresh token."""
     name = f"chain{n}"
-    stub.Signup(auth_pb2.SignupRequest(username=name, email=f"{name}@example.com", password=PASSWORD), timeout=30)
+    request = auth_pb2.SignupRequest(username=name, email=f"{name}@example.com", password=PASSWORD)
+    started = stub.Signup(request, timeout=30)
+    signup_code = smtp.last_code(f"{name}@example.com")
+    stub.VerifySignup(auth_pb2.VerifySignupRequest(signup_id=started.signup_id, code=signup_code), timeout=30)
     login = stub.Login(auth_pb2.LoginRequest(username_or_email=name, password=PASSWORD), timeout=30)
-    code = smtp.last_code(f"{name}@example.com")
+    code = smtp.last_code(f"{name}@example.com", count=2)
     verified = stub.VerifyOtp(auth_pb2.VerifyOtpRequest(login_id=login.login_id, otp=code), timeout=30)
     return verified.refresh_token
 

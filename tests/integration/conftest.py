@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 
 from auth_client.gen.auth.v1 import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_server.api.server import App, create_server
+from auth_server.http.runner import BridgeServer
 from auth_server.infra.config import load_settings
 from auth_server.store import open_store
-from tests.support.mail import SmtpSink
+from tests.support.mail import OTP_IN_MAIL, Mail, SmtpSink
 from tests.support.process import ServerProcess
 
 PASSWORD = "correct horse battery"
@@ -62,9 +64,17 @@ class Client:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
-    def signup(self, username: str, tenant: str | None = None, password: str = PASSWORD) -> auth_pb2.User:
-        request = auth_pb2.SignupRequest(username=username, email=f"{username}@example.com", password=password)
-        return self.auth.Signup(request, metadata=md(tenant=tenant)).user
+    def start_signup(
+        self, username: str, tenant: str | None = None, password: str = PASSWORD, **fields: str
+    ) -> tuple[auth_pb2.SignupResponse, Mail]:
+        """Signup (step 1): the response and the mail it sent (a code, or a notice for a known address)."""
+        return start_signup(self.auth, self.smtp, username, password, md(tenant=tenant), **fields)
+
+    def signup(
+        self, username: str, tenant: str | None = None, password: str = PASSWORD, **fields: str
+    ) -> auth_pb2.User:
+        """Signup, read the code from the mail, VerifySignup: the new user (see `signup`)."""
+        return signup(self.auth, self.smtp, username, password, md(tenant=tenant), **fields)
 
     def login(self, username: str, tenant: str | None = None, password: str = PASSWORD) -> str:
         """Password step; returns the login_id."""
@@ -112,6 +122,44 @@ class Client:
         if device is not None:
             request.device_name = device
         return self.auth.VerifyOtp(request, metadata=md(tenant=tenant))
+
+
+def start_signup(
+    auth: auth_pb2_grpc.AuthServiceStub,
+    smtp: SmtpSink,
+    username: str,
+    password: str = PASSWORD,
+    metadata: list[tuple[str, str]] | None = None,
+    **fields: str,
+) -> tuple[auth_pb2.SignupResponse, Mail]:
+    """Signup (step 1) through any stub: the response and the mail it sent (a code, or a notice for an
+    address that has an account). `fields` are more SignupRequest fields; the e-mail defaults to
+    <username>@example.com."""
+    address = fields.setdefault("email", f"{username}@example.com").strip().lower()  # as the server keeps it
+    before = len(smtp.to(address))
+    started = auth.Signup(auth_pb2.SignupRequest(username=username, password=password, **fields), metadata=metadata)
+    return started, smtp.wait_for(address, count=before + 1)
+
+
+def signup(
+    auth: auth_pb2_grpc.AuthServiceStub,
+    smtp: SmtpSink,
+    username: str,
+    password: str = PASSWORD,
+    metadata: list[tuple[str, str]] | None = None,
+    **fields: str,
+) -> auth_pb2.User:
+    """Signup, read the code from the mail, VerifySignup: the new user.
+
+    The sign-up mail is then dropped from the sink, so tests that count or read an address's mails see
+    only those that follow the account's creation.
+    """
+    started, mail = start_signup(auth, smtp, username, password, metadata, **fields)
+    (code,) = OTP_IN_MAIL.findall(mail.body)
+    request = auth_pb2.VerifySignupRequest(signup_id=started.signup_id, code=code)
+    user = auth.VerifySignup(request, metadata=metadata).user
+    smtp.mails.remove(mail)
+    return user
 
 
 def md(token: str | None = None, tenant: str | None = None, **extra: str) -> list[tuple[str, str]]:
@@ -167,3 +215,16 @@ def make_client(store_uri: str, smtp: SmtpSink, server_mode: str) -> Iterator[An
 @pytest.fixture
 def client(make_client: Any) -> Client:
     return make_client()
+
+
+@pytest.fixture
+def bridge(client: Client) -> Iterator[httpx.Client]:
+    """The HTTP bridge (uvicorn) in this process on a free port, in front of the gRPC server of `client`
+    (the loopback gRPC hop `auth-server bridge` makes), as an httpx client."""
+    env = {"AUTH_STORE": client.store_uri, "AUTH_JWT_SECRET": SECRET, "AUTH_HTTP_ADDR": "127.0.0.1:0"}
+    server = BridgeServer(load_settings(env), client.addr).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            yield http
+    finally:
+        server.stop()

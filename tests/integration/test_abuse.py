@@ -65,8 +65,11 @@ def test_failed_logins_never_end_the_victims_sessions_or_lock_the_owner_out(make
     session = client.sign_in("victim")
     reasons = [login_from(client, "victim@example.com", "attacker guess", ATTACKER) for _ in range(7)]
     assert reasons == ["INVALID_CREDENTIALS"] * 5 + ["RATE_LIMITED"] * 2
-    refused = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="victim@example.com", password="x"),
-                    metadata=md(x_forwarded_for=ATTACKER))
+    refused = fails(
+        client.auth.Login,
+        auth_pb2.LoginRequest(username_or_email="victim@example.com", password="x"),
+        metadata=md(x_forwarded_for=ATTACKER),
+    )
     assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused.retry_after is not None and 0 < refused.retry_after <= 900
 
@@ -125,8 +128,11 @@ def test_one_source_gets_a_limited_number_of_password_checks_a_minute(make_clien
     client = make_client(**TRUST, AUTH_SOURCE_LOGIN_RATE="3")
     outcomes = [login_from(client, f"nobody{i}", "some password", ATTACKER) for i in range(5)]
     assert outcomes == ["INVALID_CREDENTIALS"] * 3 + ["RATE_LIMITED"] * 2
-    refused = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="x", password="y"),
-                    metadata=md(x_forwarded_for=ATTACKER))
+    refused = fails(
+        client.auth.Login,
+        auth_pb2.LoginRequest(username_or_email="x", password="y"),
+        metadata=md(x_forwarded_for=ATTACKER),
+    )
     assert refused.retry_after is not None and 0 < refused.retry_after <= 60
     assert login_from(client, "nobody9", "some password", OWNER) == "INVALID_CREDENTIALS"  # others unaffected
 
@@ -181,8 +187,11 @@ def test_wrong_codes_spend_the_account_budget_and_a_known_device_still_signs_in(
         fails(client.auth.VerifyOtp, auth_pb2.VerifyOtpRequest(login_id=login_id, otp=wrong(code)))
     # Seven failures: the budget is spent, for the username and the e-mail alike, from any source.
     for identifier, ip in (("phished", ATTACKER), ("phished@example.com", ELSEWHERE)):
-        refused = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email=identifier, password=PASSWORD),
-                        metadata=md(x_forwarded_for=ip))
+        refused = fails(
+            client.auth.Login,
+            auth_pb2.LoginRequest(username_or_email=identifier, password=PASSWORD),
+            metadata=md(x_forwarded_for=ip),
+        )
         assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
         assert refused.retry_after is not None and 0 < refused.retry_after <= 3600
     mails = [m for m in client.smtp.to("phished@example.com") if "Failed sign-in" in m.subject]

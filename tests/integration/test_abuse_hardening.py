@@ -13,7 +13,6 @@ Time never passes by sleeping: a session "ages" by moving its created_at back in
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ import httpx
 import pytest
 
 from auth_client.gen.auth.v1 import auth_pb2
-from auth_server.http.runner import BridgeServer
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import ConfigError, load_settings
 from auth_server.infra.keys import KeyRing
@@ -32,18 +30,6 @@ from tests.support.rpc import fails
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 # str.isdigit() is true for each, int() fails on the first three and reads the last as 3.
 UNICODE_DIGITS = ("²", "①", "\U0001f101", "٣")
-
-
-@pytest.fixture
-def bridge(client: Client) -> Iterator[httpx.Client]:
-    """The HTTP bridge (uvicorn) in this process on a free port, in front of the gRPC server of `client`."""
-    env = {"AUTH_STORE": client.store_uri, "AUTH_JWT_SECRET": SECRET, "AUTH_HTTP_ADDR": "127.0.0.1:0"}
-    server = BridgeServer(load_settings(env), client.addr).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            yield http
-    finally:
-        server.stop()
 
 
 def bearer(access_token: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_server.store import open_store
-from tests.integration.conftest import PASSWORD, SECRET, Client, md
+from tests.integration.conftest import PASSWORD, SECRET, Client, md, signup
 from tests.integration.test_attacks import in_parallel
 from tests.support.mail import SmtpSink
 from tests.support.process import ServerProcess
@@ -57,7 +57,7 @@ def test_a_burst_spread_over_two_processes_on_one_sqlite_file_locks_once(tmp_pat
     store.open()
     try:
         stubs = [auth_pb2_grpc.AuthServiceStub(c) for c in channels]
-        stubs[0].Signup(auth_pb2.SignupRequest(username="shared", email="shared@example.com", password=PASSWORD))
+        signup(stubs[0], smtp, "shared")
         turn = itertools.cycle(stubs)
         targets = [next(turn) for _ in range(24)]  # connections spread over both processes
 

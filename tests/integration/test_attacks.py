@@ -12,13 +12,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import bcrypt
 import grpc
 
 from auth_client.gen.auth.v1 import auth_pb2
 from auth_server.domain.throttle import Throttle
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import load_settings
+from auth_server.infra.ids import new_id
 from auth_server.infra.keys import KeyRing
+from auth_server.store.base import User
 from tests.integration.conftest import PASSWORD, SECRET, Client, md
 from tests.support.mail import free_port
 from tests.support.rpc import fails, failure
@@ -85,8 +88,9 @@ def test_source_locks_expire_and_escalate_so_a_victim_is_never_locked_for_ever(m
 
     def time_passes() -> None:
         counter = client.store.get_counter("default", key)
-        client.store.update_counter("default", key, set={"blocked_until": utcnow() - timedelta(seconds=1)},
-                                    expect={"version": counter.version})
+        client.store.update_counter(
+            "default", key, set={"blocked_until": utcnow() - timedelta(seconds=1)}, expect={"version": counter.version}
+        )
 
     assert 55 <= lock() <= 60
     # Even the right password is refused from that source while it is locked: the lock costs a guesser
@@ -102,13 +106,19 @@ def test_source_locks_expire_and_escalate_so_a_victim_is_never_locked_for_ever(m
 
 
 def test_concurrent_signups_of_one_username_have_one_winner(client: Client) -> None:
+    """Six addresses race for one username: one pending sign-up holds it, the others are told at once."""
+
     def signup(i: int) -> str:
         request = auth_pb2.SignupRequest(username="popular", email=f"p{i}@example.com", password=PASSWORD)
-        return client.auth.Signup(request).user.id
+        return client.auth.Signup(request).signup_id
 
     outcomes = in_parallel(6, signup)
     assert sum(1 for o in outcomes if o != "USERNAME_TAKEN") == 1, outcomes
     assert outcomes.count("USERNAME_TAKEN") == 5
+    (winner,) = [i for i, o in enumerate(outcomes) if o != "USERNAME_TAKEN"]
+    code = client.smtp.last_code(f"p{winner}@example.com")
+    user = client.auth.VerifySignup(auth_pb2.VerifySignupRequest(signup_id=outcomes[winner], code=code)).user
+    assert (user.username, user.email) == ("popular", f"p{winner}@example.com")
 
 
 def test_logout_racing_refresh_leaves_the_session_revoked(client: Client) -> None:
@@ -133,7 +143,15 @@ def test_logout_racing_refresh_leaves_the_session_revoked(client: Client) -> Non
 
 def test_mail_outage_answers_unavailable_and_leaves_no_usable_code(make_client: Any) -> None:
     client = make_client(AUTH_SMTP_URL=f"smtp://127.0.0.1:{free_port()}", AUTH_OTP_RESEND_INTERVAL="30")
-    client.signup("offline")
+    # Sign-up needs its mail too: refused alike, and the failed send does not count against the interval.
+    request = auth_pb2.SignupRequest(username="offline", email="offline@example.com", password=PASSWORD)
+    for _ in range(2):
+        assert fails(client.auth.Signup, request).reason == "MAIL_UNAVAILABLE"
+    assert client.store.find_user("default", "offline") is None
+    # The account, made as `auth-server` would store it (no mail can reach a sign-up code here).
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4))
+    user = User(new_id(), "offline", "offline@example.com", "", "", "user", password_hash, utcnow())
+    client.store.create_user("default", user)
     seen = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="offline", password=PASSWORD))
     assert (seen.code, seen.reason) == (grpc.StatusCode.UNAVAILABLE, "MAIL_UNAVAILABLE")
     user = client.store.find_user("default", "offline")

@@ -17,7 +17,7 @@ from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_server.api.server import create_server
 from auth_server.infra.config import load_settings
 from auth_server.store.sqlite import SqliteStore
-from tests.integration.conftest import PASSWORD, SECRET
+from tests.integration.conftest import PASSWORD, SECRET, signup
 from tests.support.mail import SmtpSink
 from tests.support.rpc import fails
 
@@ -60,7 +60,7 @@ def test_a_slow_store_costs_one_call_its_deadline_and_no_one_else(tmp_path: Any)
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     auth = auth_pb2_grpc.AuthServiceStub(channel)
     try:
-        auth.Signup(auth_pb2.SignupRequest(username="slowpoke", email="slowpoke@example.com", password=PASSWORD))
+        signup(auth, sink, "slowpoke")
         login = auth.Login(auth_pb2.LoginRequest(username_or_email="slowpoke", password=PASSWORD))
         code = sink.last_code("slowpoke@example.com")
         tokens = auth.VerifyOtp(auth_pb2.VerifyOtpRequest(login_id=login.login_id, otp=code))
@@ -70,8 +70,8 @@ def test_a_slow_store_costs_one_call_its_deadline_and_no_one_else(tmp_path: Any)
         )
         assert store.waiting.acquire(timeout=10)  # the call is inside the store now
         # Other calls are served while it hangs: the thread pool is not blocked by one slow call.
-        other = auth.Signup(auth_pb2.SignupRequest(username="unaffected", email="u@example.com", password=PASSWORD))
-        assert other.user.username == "unaffected"
+        other = signup(auth, sink, "unaffected", email="u@example.com")
+        assert other.username == "unaffected"
         try:
             stuck.result()
             raise AssertionError("the stuck call should have run out of time")

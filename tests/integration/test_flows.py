@@ -11,6 +11,7 @@ import pytest
 from auth_client.gen.auth.v1 import access_pb2, admin_pb2, auth_pb2
 from auth_server.infra.clock import utcnow
 from tests.integration.conftest import PASSWORD, Client, md
+from tests.support.mail import OTP_IN_MAIL
 from tests.support.rpc import fails
 
 
@@ -20,24 +21,29 @@ def server_mode() -> str:
     return "process"
 
 
-def test_signup_creates_a_plain_user_and_refuses_duplicates(client: Client) -> None:
-    user = client.auth.Signup(
-        auth_pb2.SignupRequest(
-            username="Alice", email="Alice@Example.com", password=PASSWORD, name="Alice A", phone="+44 20 1234"
-        )
-    ).user
-    assert (user.username, user.email, user.role, user.locked) == (
+def test_signup_mails_a_code_and_verify_creates_a_verified_plain_user(client: Client) -> None:
+    started, mail = client.start_signup("Alice", email="Alice@Example.com", name="Alice A", phone="+44 20 7946 0018")
+    assert started.signup_id and started.expires_at.seconds > 0 and started.delivery_hint == "a***@example.com"
+    assert client.store.find_user("default", "alice") is None  # nothing exists before the code is redeemed
+    (code,) = OTP_IN_MAIL.findall(mail.body)
+    user = client.auth.VerifySignup(auth_pb2.VerifySignupRequest(signup_id=started.signup_id, code=code)).user
+    assert (user.username, user.email, user.name, user.phone, user.role, user.locked, user.email_verified) == (
         "alice",
         "alice@example.com",
+        "Alice A",
+        "+442079460018",
         access_pb2.ROLE_USER,
         False,
+        True,
     )
     assert user.id and user.created_at.seconds > 0 and user.tenant_id == "default"
     again = auth_pb2.SignupRequest(username="ALICE", email="other@example.com", password=PASSWORD)
     failure = fails(client.auth.Signup, again)
     assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "USERNAME_TAKEN")
-    again = auth_pb2.SignupRequest(username="alice2", email="ALICE@example.com", password=PASSWORD)
-    assert fails(client.auth.Signup, again).reason == "EMAIL_TAKEN"
+    # A registered address is not told apart: the same answer, and its owner gets a notice instead of a code.
+    known, notice = client.start_signup("alice2", email="ALICE@example.com")
+    assert known.signup_id and known.delivery_hint == "a***@example.com"
+    assert OTP_IN_MAIL.findall(notice.body) == [] and "/api/v1/auth/password/forgot" in notice.body
     assert client.store.find_user("default", "alice2") is None
 
 

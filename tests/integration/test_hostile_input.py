@@ -157,13 +157,13 @@ def test_long_passwords_are_refused_by_a_stated_rule_never_truncated(client: Cli
     near = "Tr0ub4dor&3 plus correct horse battery staple, and a purple dishwasher!!"
     ascii64 = near[:64]
     assert len(ascii64.encode()) == 64 and len(near.encode()) == 72
-    client.auth.Signup(auth_pb2.SignupRequest(username="long", email="long@example.com", password=ascii64))
+    client.signup("long", password=ascii64)
     emoji = fails(
         client.auth.Signup, auth_pb2.SignupRequest(username="emo", email="emo@example.com", password="😀" * 64)
     )
     assert (emoji.reason, emoji.fields) == ("VALIDATION_FAILED", ("password",))
     # near: exactly 72 bytes: accepted, and one more character is a different password
-    client.auth.Signup(auth_pb2.SignupRequest(username="edge", email="edge@example.com", password=near))
+    client.signup("edge", password=near)
     wrong = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="edge", password=near + "x"))
     assert wrong.reason == "INVALID_CREDENTIALS"
     wrong = fails(client.auth.Login, auth_pb2.LoginRequest(username_or_email="long", password=ascii64 + "x"))

@@ -23,8 +23,9 @@ from pymongo.errors import PyMongoError
 from auth_client.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_server.api.server import create_server
 from auth_server.infra.config import load_settings
-from tests.integration.conftest import PASSWORD, SECRET
+from tests.integration.conftest import PASSWORD, SECRET, signup
 from tests.support.ferretdb import REPO, free_port, unavailable
+from tests.support.mail import SmtpSink
 from tests.support.rpc import fails
 
 
@@ -85,15 +86,19 @@ def _wait_for(health: health_pb2_grpc.HealthStub, wanted: int) -> None:
 
 
 @contextlib.contextmanager
-def served(store_uri: str) -> Iterator[tuple[auth_pb2_grpc.AuthServiceStub, health_pb2_grpc.HealthStub]]:
-    """The real server in process on `store_uri`, health checked every 0.2 s; its auth and health stubs."""
+def served(
+    store_uri: str, smtp: SmtpSink
+) -> Iterator[tuple[auth_pb2_grpc.AuthServiceStub, health_pb2_grpc.HealthStub]]:
+    """The real server in process on `store_uri`, health checked every 0.2 s, mailing to `smtp`; its auth
+    and health stubs."""
     settings = load_settings(
         {
             "AUTH_STORE": store_uri,
             "AUTH_JWT_SECRET": SECRET,
             "AUTH_GRPC_ADDR": "127.0.0.1:0",
             "AUTH_BCRYPT_ROUNDS": "4",
-            "AUTH_SMTP_URL": "smtp://127.0.0.1:9",
+            "AUTH_SMTP_URL": smtp.url,
+            "AUTH_OTP_RESEND_INTERVAL": "0",
         }
     )
     app = create_server(settings, health_interval=0.2)
@@ -105,9 +110,9 @@ def served(store_uri: str) -> Iterator[tuple[auth_pb2_grpc.AuthServiceStub, heal
         app.stop(0)
 
 
-def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
-    with served(ferret.uri) as (auth, health):
-        auth.Signup(auth_pb2.SignupRequest(username="steady", email="steady@example.com", password=PASSWORD))
+def test_store_lost_and_back(ferret: Ferret, tmp_path: Path, smtp: SmtpSink) -> None:
+    with served(ferret.uri, smtp) as (auth, health):
+        signup(auth, smtp, "steady")
         ferret.stop()
         request = auth_pb2.SignupRequest(username="lost", email="lost@example.com", password=PASSWORD)
         failure = fails(auth.Signup, request, timeout=10)
@@ -121,7 +126,7 @@ def test_store_lost_and_back(ferret: Ferret, tmp_path: Path) -> None:
             auth.Signup, auth_pb2.SignupRequest(username="steady", email="other@example.com", password=PASSWORD)
         )
         assert again.reason == "USERNAME_TAKEN"  # what was committed before the outage is still there
-        assert auth.Signup(request).user.username == "lost"  # and the failed call left nothing behind
+        assert signup(auth, smtp, "lost").username == "lost"  # and the failed call left nothing behind
 
 
 def _chattr(flag: str, *paths: Path) -> None:
@@ -134,14 +139,14 @@ def _chattr(flag: str, *paths: Path) -> None:
         pytest.skip(message)
 
 
-def test_sqlite_file_unwritable_and_back(tmp_path: Path) -> None:
+def test_sqlite_file_unwritable_and_back(tmp_path: Path, smtp: SmtpSink) -> None:
     db = tmp_path / "auth.db"
     # The database and its WAL become read-only; the shared-memory index must stay writable (SQLite maps
     # it, and an immutable one would crash the process with SIGBUS rather than fail a call).
     files = [db, db.with_name(db.name + "-wal")]
-    with served(f"sqlite:///{db}") as (auth, health):
+    with served(f"sqlite:///{db}", smtp) as (auth, health):
         try:
-            auth.Signup(auth_pb2.SignupRequest(username="before", email="before@example.com", password=PASSWORD))
+            signup(auth, smtp, "before")
             _chattr("+i", *files)
             request = auth_pb2.SignupRequest(username="during", email="during@example.com", password=PASSWORD)
             failure = fails(auth.Signup, request, timeout=10)
@@ -149,7 +154,7 @@ def test_sqlite_file_unwritable_and_back(tmp_path: Path) -> None:
             _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
             _chattr("-i", *files)
             _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
-            assert auth.Signup(request).user.username == "during"  # the refused call left nothing half-written
+            assert signup(auth, smtp, "during").username == "during"  # the refused call left nothing half-written
             taken = fails(
                 auth.Signup, auth_pb2.SignupRequest(username="before", email="b2@example.com", password=PASSWORD)
             )

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -25,21 +24,8 @@ from auth_server.store.base import Counter, replace
 from auth_server.store.mongo import MongoStore
 from auth_server.store.sqlite import SqliteStore
 from tests.support.ferretdb import free_port
+from tests.support.parallel import in_parallel
 from tests.support.records import new_challenge, new_id, new_session, new_user, utcnow
-
-
-def _in_parallel(count: int, work: Callable[[], Any]) -> list[Any]:
-    """Run `work` in `count` threads released together by a barrier; return their results."""
-    barrier = threading.Barrier(count, timeout=30)
-
-    def run() -> Any:
-        barrier.wait()
-        return work()
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(run) for _ in range(count)]
-        return [future.result() for future in futures]
-
 
 # -- users ---------------------------------------------------------------------------------------
 
@@ -377,7 +363,7 @@ def test_exactly_one_concurrent_compare_and_set_wins(store: Store, tenant: str, 
     def rotate() -> Any:
         return store.update_session(tenant, session.id, set={"refresh_generation": 1}, expect={"refresh_generation": 0})
 
-    results = _in_parallel(threads, rotate)
+    results = in_parallel(threads, rotate)
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     assert winners[0].refresh_generation == 1
@@ -393,7 +379,7 @@ def test_concurrent_increments_are_all_counted(store: Store, tenant: str) -> Non
         for _ in range(rounds):
             assert store.update_user(tenant, user.id, inc={"failed_logins": 1}) is not None
 
-    _in_parallel(threads, bump)
+    in_parallel(threads, bump)
     final = store.get_user(tenant, user.id)
     assert final is not None and final.failed_logins == threads * rounds
 

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auth_server.domain import validation
-from auth_server.domain.accounts import mask_email
+from auth_server.domain.codes import mask_email
 from auth_server.domain.devices import describe, device_name
 from auth_server.domain.passwords import MAX_PASSWORD_BYTES
 

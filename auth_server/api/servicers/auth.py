@@ -50,10 +50,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def Signup(self, request: auth_pb2.SignupRequest, context: grpc.ServicerContext) -> auth_pb2.SignupResponse:
         call = current_call()
-        user = self._accounts.signup(
+        started = self._signups.start(
             call.tenant, request.username, request.email, request.password, request.name, request.phone, call.ip_address
         )
-        return auth_pb2.SignupResponse(user=convert.user(user, call.tenant))
+        return auth_pb2.SignupResponse(
+            signup_id=started.signup_id,
+            expires_at=convert.timestamp(started.expires_at),
+            delivery_hint=started.delivery_hint,
+        )
+
+    def VerifySignup(
+        self, request: auth_pb2.VerifySignupRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.VerifySignupResponse:
+        tenant = current_call().tenant
+        user = self._signups.verify(tenant, request.signup_id, request.code)
+        return auth_pb2.VerifySignupResponse(user=convert.user(user, tenant))
 
     def Login(self, request: auth_pb2.LoginRequest, context: grpc.ServicerContext) -> auth_pb2.LoginResponse:
         call = current_call()
@@ -91,6 +102,35 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.UnlockAccountResponse:
         self._accounts.unlock_account(current_call().tenant, request.token)
         return auth_pb2.UnlockAccountResponse()
+
+    # --- forgotten password and the "This wasn't me" link (domain/recovery.py)
+
+    def RequestPasswordReset(
+        self, request: auth_pb2.RequestPasswordResetRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.RequestPasswordResetResponse:
+        call = current_call()
+        started = self._recovery.request_reset(call.tenant, request.username_or_email, call.ip_address)
+        return auth_pb2.RequestPasswordResetResponse(
+            reset_id=started.reset_id, expires_at=convert.timestamp(started.expires_at)
+        )
+
+    def ResetPassword(
+        self, request: auth_pb2.ResetPasswordRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ResetPasswordResponse:
+        call = current_call()
+        revoked = self._recovery.reset_password(
+            call.tenant, request.reset_id, request.code, request.new_password, call.ip_address
+        )
+        return auth_pb2.ResetPasswordResponse(revoked_count=revoked)
+
+    def ReportSignIn(
+        self, request: auth_pb2.ReportSignInRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ReportSignInResponse:
+        call = current_call()
+        started = self._recovery.report_sign_in(call.tenant, request.token, call.ip_address)
+        return auth_pb2.ReportSignInResponse(
+            reset_id=started.reset_id, expires_at=convert.timestamp(started.expires_at)
+        )
 
     def IssueServiceToken(
         self, request: auth_pb2.IssueServiceTokenRequest, context: grpc.ServicerContext
@@ -175,3 +215,31 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             call.require_caller(), request.current_password, request.new_password, call.ip_address
         )
         return auth_pb2.ChangePasswordResponse(revoked_count=count)
+
+    # --- the caller's profile (domain/profile.py)
+
+    def UpdateMe(self, request: auth_pb2.UpdateMeRequest, context: grpc.ServicerContext) -> auth_pb2.UpdateMeResponse:
+        caller = current_call().require_caller()
+        paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
+        user = self._profiles.update_me(caller, paths, request.name, request.phone)
+        return auth_pb2.UpdateMeResponse(user=convert.user(user, caller.tenant))
+
+    def ChangeEmail(
+        self, request: auth_pb2.ChangeEmailRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ChangeEmailResponse:
+        call = current_call()
+        started = self._profiles.change_email(
+            call.require_caller(), request.new_email, request.current_password, call.ip_address
+        )
+        return auth_pb2.ChangeEmailResponse(
+            change_id=started.change_id,
+            expires_at=convert.timestamp(started.expires_at),
+            delivery_hint=started.delivery_hint,
+        )
+
+    def ConfirmEmailChange(
+        self, request: auth_pb2.ConfirmEmailChangeRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ConfirmEmailChangeResponse:
+        caller = current_call().require_caller()
+        user = self._profiles.confirm_email_change(caller, request.change_id, request.code)
+        return auth_pb2.ConfirmEmailChangeResponse(user=convert.user(user, caller.tenant))

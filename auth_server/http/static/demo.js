@@ -1,4 +1,4 @@
-// auth-server demo: sign up, log in with an e-mailed code, list and revoke devices.
+// auth-server demo: sign up with an e-mailed code, log in with another, list and revoke devices.
 // The access token is kept in this variable only (never in storage); the refresh token is an HttpOnly
 // cookie the bridge sets, so this script never sees it. Every answer of the bridge is JSON; errors are
 // {"error": {"code", "status", "reason", "message"}} with the reason in lower case.
@@ -11,6 +11,7 @@ const API = '/api/v1/auth';
 const REVOKED_TEXT = 'Your session was revoked from another device';
 let accessToken = null;
 let loginId = null;
+let signupId = null;  // a pending sign-up whose code the user is asked for
 
 const $ = (id) => document.getElementById(id);
 
@@ -62,7 +63,7 @@ function say(text, isError = false) {
 }
 
 // Where a failed action's error goes: the .form-error of its form (or of the device list).
-const ERROR_SLOTS = ['signup-error', 'login-error', 'code-error', 'devices-error'];
+const ERROR_SLOTS = ['signup-error', 'signup-code-error', 'login-error', 'code-error', 'devices-error', 'forgot-error', 'reset-error'];
 
 function clearError(slot) {
   $(slot).textContent = '';
@@ -85,7 +86,7 @@ function explain(error, slot) {
 
 // Passwords and codes never stay in a form once used, nor when the signed-out forms come back.
 function clearSecrets() {
-  for (const id of ['signup-password', 'login-password', 'code']) $(id).value = '';
+  for (const id of ['signup-password', 'signup-code', 'login-password', 'code', 'reset-code', 'reset-password']) $(id).value = '';
 }
 
 function showSignedOut() {
@@ -95,6 +96,7 @@ function showSignedOut() {
   $('signed-in').hidden = true;
   $('signed-out').hidden = false;
   $('code-form').hidden = loginId === null;
+  $('signup-code-form').hidden = signupId === null;
 }
 
 function showRevoked() {
@@ -193,7 +195,23 @@ onSubmit('signup-form', 'signup-error', async () => {
     { username: $('signup-username').value, email: $('signup-email').value, password: $('signup-password').value },
     { auth: false },
   );
-  $('signup-form').reset();  // the account exists: its password has no business staying on screen
+  // The same answer whether or not the address has an account (its owner gets a notice, not a code).
+  signupId = data.signupId;
+  $('signup-password').value = '';  // sent: it has no business staying on screen
+  $('signup-code').value = '';
+  clearError('signup-code-error');
+  $('signup-code-hint').textContent = `We e-mailed a 6-digit code to ${data.deliveryHint}. Enter it to create your account.`;
+  $('signup-code-form').hidden = false;
+  $('signup-code').focus();
+  say(data.message);
+});
+
+onSubmit('signup-code-form', 'signup-code-error', async () => {
+  const data = await call('POST', '/signup/verify', { signupId, code: $('signup-code').value.trim() }, { auth: false });
+  signupId = null;
+  $('signup-form').reset();
+  $('signup-code-form').reset();
+  $('signup-code-form').hidden = true;
   say(`Account created for ${data.user.username}. Log in now.`);
   $('login-user').value = data.user.username;
 });
@@ -244,6 +262,37 @@ $('logout-all').addEventListener('click', async () => {
   } catch (error) {
     if (error.reason !== 'session_revoked') explain(error, 'devices-error');
   }
+});
+
+// --- Forgotten password: RequestPasswordReset, then ResetPassword with the mailed code.
+let resetId = null;
+
+$('forgot-open').addEventListener('click', () => {
+  $('forgot-form').hidden = false;
+  $('forgot-user').value = $('login-user').value;
+  $('forgot-user').focus();
+});
+
+onSubmit('forgot-form', 'forgot-error', async () => {
+  const data = await call('POST', '/password/forgot', { usernameOrEmail: $('forgot-user').value }, { auth: false });
+  resetId = data.resetId;
+  $('reset-code').value = '';
+  $('reset-password').value = '';
+  clearError('reset-error');
+  $('reset-form').hidden = false;
+  $('reset-code').focus();
+  say('Check your inbox for the code.');
+});
+
+onSubmit('reset-form', 'reset-error', async () => {
+  const body = { resetId, code: $('reset-code').value.trim(), newPassword: $('reset-password').value };
+  const data = await call('POST', '/password/reset', body, { auth: false });
+  resetId = null;
+  $('reset-form').reset();
+  $('reset-form').hidden = true;
+  $('forgot-form').hidden = true;
+  $('login-user').value = $('forgot-user').value;
+  say(`Your password was reset and ${data.revokedCount || 0} device(s) signed out. Log in with the new password.`);
 });
 
 // A reload loses the in-memory access token: the HttpOnly refresh cookie (if any) gets a new one.

@@ -5,11 +5,15 @@
  * backoff included. Retries happen ONLY on UNAVAILABLE and ONLY for RPCs that are safe to send twice
  * (the `idempotent` column of RPCS, the same table as the Python client's): Introspect,
  * IssueServiceToken (a second token is as good as the first), GetMe, ListSessions, ListUsers,
- * ListAuditEvents (reads), UnlockUser and SetUserRole (setting the same state again changes nothing).
+ * ListAuditEvents (reads), UnlockUser, SetUserRole and UpdateMe (setting the same state again changes
+ * nothing).
  * Everything else is sent once, because a first attempt may have reached the server before the
- * connection failed: Signup, Login (a second e-mailed code), VerifyOtp and Refresh (single-use codes
+ * connection failed: Signup (a second mail, or RATE_LIMITED by the address's resend interval),
+ * VerifySignup (a single-use code), Login (a second e-mailed code), VerifyOtp and Refresh (single-use codes
  * and rotating refresh tokens: a replayed refresh token revokes the session as stolen),
- * ChangePassword, UnlockAccount, LogoutSession, LogoutAll and LockUser. Failures reject with
+ * ChangePassword, ChangeEmail, ConfirmEmailChange, UnlockAccount, LogoutSession, LogoutAll, LockUser,
+ * RequestPasswordReset (a second mail whose code supersedes the first), ResetPassword and ReportSignIn
+ * (a single-use code and token). Failures reject with
  * `AuthServiceError` (gRPC code + ErrorInfo reason).
  *
  * Service credentials (`serviceCredentials: { clientId, clientSecret }` of an auth.v1 service account):
@@ -39,8 +43,12 @@ import {
 } from "./gen/auth/v1/admin";
 import {
   AuthServiceService,
+  ChangeEmailRequest,
+  ChangeEmailResponse,
   ChangePasswordRequest,
   ChangePasswordResponse,
+  ConfirmEmailChangeRequest,
+  ConfirmEmailChangeResponse,
   GetMeRequest,
   GetMeResponse,
   IntrospectRequest,
@@ -57,10 +65,20 @@ import {
   LogoutSessionResponse,
   RefreshRequest,
   RefreshResponse,
+  ReportSignInRequest,
+  ReportSignInResponse,
+  RequestPasswordResetRequest,
+  RequestPasswordResetResponse,
+  ResetPasswordRequest,
+  ResetPasswordResponse,
   SignupRequest,
   SignupResponse,
+  VerifySignupRequest,
+  VerifySignupResponse,
   UnlockAccountRequest,
   UnlockAccountResponse,
+  UpdateMeRequest,
+  UpdateMeResponse,
   VerifyOtpRequest,
   VerifyOtpResponse,
   WatchRevocationsRequest,
@@ -101,10 +119,14 @@ function rpc<Req, Res>(
  */
 export const RPCS = {
   signup: rpc(AuthServiceService.signup, false),
+  verifySignup: rpc(AuthServiceService.verifySignup, false),
   login: rpc(AuthServiceService.login, false),
   verifyOtp: rpc(AuthServiceService.verifyOtp, false),
   refresh: rpc(AuthServiceService.refresh, false),
   unlockAccount: rpc(AuthServiceService.unlockAccount, false),
+  requestPasswordReset: rpc(AuthServiceService.requestPasswordReset, false),
+  resetPassword: rpc(AuthServiceService.resetPassword, false),
+  reportSignIn: rpc(AuthServiceService.reportSignIn, false),
   issueServiceToken: rpc(AuthServiceService.issueServiceToken, true),
   introspect: rpc(AuthServiceService.introspect, true, true),
   getMe: rpc(AuthServiceService.getMe, true),
@@ -112,6 +134,9 @@ export const RPCS = {
   logoutSession: rpc(AuthServiceService.logoutSession, false),
   logoutAll: rpc(AuthServiceService.logoutAll, false),
   changePassword: rpc(AuthServiceService.changePassword, false),
+  updateMe: rpc(AuthServiceService.updateMe, true),
+  changeEmail: rpc(AuthServiceService.changeEmail, false),
+  confirmEmailChange: rpc(AuthServiceService.confirmEmailChange, false),
   listUsers: rpc(AdminServiceService.listUsers, true),
   listAuditEvents: rpc(AdminServiceService.listAuditEvents, true),
   lockUser: rpc(AdminServiceService.lockUser, false),
@@ -460,8 +485,17 @@ export class AuthClient {
   }
 
   // AuthService
+  /**
+   * Starts a sign-up: e-mails a 6-digit code (or, to an address that has an account, a notice; the answer
+   * is the same). `verifySignup` with the `signupId` and the code creates the user. Never retried.
+   */
   signup(request: DeepPartial<SignupRequest>, options?: CallOptions): Promise<SignupResponse> {
     return this.call(RPCS.signup, SignupRequest.fromPartial(request), options);
+  }
+
+  /** Redeems the sign-up code and creates the user (`emailVerified` true). Never retried: the code works once. */
+  verifySignup(request: DeepPartial<VerifySignupRequest>, options?: CallOptions): Promise<VerifySignupResponse> {
+    return this.call(RPCS.verifySignup, VerifySignupRequest.fromPartial(request), options);
   }
 
   /** Checks the password and e-mails a 6-digit code; `verifyOtp` completes the login. Never retried. */
@@ -480,6 +514,23 @@ export class AuthClient {
 
   unlockAccount(request: DeepPartial<UnlockAccountRequest>, options?: CallOptions): Promise<UnlockAccountResponse> {
     return this.call(RPCS.unlockAccount, UnlockAccountRequest.fromPartial(request), options);
+  }
+
+  /** Mails a reset code when the name is an account's; the answer is the same either way. */
+  requestPasswordReset(
+    request: DeepPartial<RequestPasswordResetRequest>,
+    options?: CallOptions,
+  ): Promise<RequestPasswordResetResponse> {
+    return this.call(RPCS.requestPasswordReset, RequestPasswordResetRequest.fromPartial(request), options);
+  }
+
+  resetPassword(request: DeepPartial<ResetPasswordRequest>, options?: CallOptions): Promise<ResetPasswordResponse> {
+    return this.call(RPCS.resetPassword, ResetPasswordRequest.fromPartial(request), options);
+  }
+
+  /** Redeems a new-device notice's "This wasn't me" token: ends that session and starts a reset. */
+  reportSignIn(request: DeepPartial<ReportSignInRequest>, options?: CallOptions): Promise<ReportSignInResponse> {
+    return this.call(RPCS.reportSignIn, ReportSignInRequest.fromPartial(request), options);
   }
 
   /**
@@ -545,6 +596,29 @@ export class AuthClient {
 
   changePassword(request: DeepPartial<ChangePasswordRequest>, options?: CallOptions): Promise<ChangePasswordResponse> {
     return this.call(RPCS.changePassword, ChangePasswordRequest.fromPartial(request), options);
+  }
+
+  /**
+   * Changes the caller's profile: only the fields given (`undefined`: leave it), so
+   * `updateMe({ phone: "" })` removes the phone. `updateMask` names the fields explicitly instead (AIP-134).
+   */
+  updateMe(
+    request: { name?: string; phone?: string; updateMask?: readonly string[] },
+    options?: CallOptions,
+  ): Promise<UpdateMeResponse> {
+    const given = (["name", "phone"] as const).filter((field) => request[field] !== undefined);
+    const paths = request.updateMask ? [...request.updateMask] : [...given];
+    const message = UpdateMeRequest.fromPartial({ name: request.name, phone: request.phone, updateMask: paths });
+    return this.call(RPCS.updateMe, message, options);
+  }
+
+  /** Mails a code to `newEmail`; confirmEmailChange with the response's changeId makes the change. */
+  changeEmail(request: DeepPartial<ChangeEmailRequest>, options?: CallOptions): Promise<ChangeEmailResponse> {
+    return this.call(RPCS.changeEmail, ChangeEmailRequest.fromPartial(request), options);
+  }
+
+  confirmEmailChange(request: DeepPartial<ConfirmEmailChangeRequest>, options?: CallOptions): Promise<ConfirmEmailChangeResponse> {
+    return this.call(RPCS.confirmEmailChange, ConfirmEmailChangeRequest.fromPartial(request), options);
   }
 
   // AdminService

@@ -6,7 +6,7 @@ import type { ServerUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 
 import { AuthClient, AuthServiceError, DEFAULT_RETRY, NO_RETRY, RPCS, retryDelay } from "../src";
 import { AdminServiceService } from "../src/gen/auth/v1/admin";
-import { AuthServiceService } from "../src/gen/auth/v1/auth";
+import { AuthServiceService, SignupResponse, VerifySignupResponse } from "../src/gen/auth/v1/auth";
 import type { GetMeRequest } from "../src/gen/auth/v1/auth";
 import { failure, fakeAuthServer } from "../testing/support";
 
@@ -42,12 +42,12 @@ describe("retryDelay", () => {
 
   it("marks exactly the calls the Python client retries as idempotent", () => {
     const idempotent = Object.entries(RPCS).filter(([, rpc]) => rpc.idempotent).map(([name]) => name).sort();
-    assert.deepEqual(idempotent, ["getMe", "introspect", "issueServiceToken", "listAuditEvents", "listSessions", "listUsers", "setUserRole", "unlockUser"]);
+    assert.deepEqual(idempotent, ["getMe", "introspect", "issueServiceToken", "listAuditEvents", "listSessions", "listUsers", "setUserRole", "unlockUser", "updateMe"]);
   });
 });
 
 describe("AuthClient against an in-process gRPC server", () => {
-  const attempts = { getMe: 0, login: 0, listSessions: 0 };
+  const attempts = { getMe: 0, login: 0, listSessions: 0, verifySignup: 0 };
   const seen: { authorization?: string; tenant?: string; device?: string } = {};
   let server: { address: string; stop: () => Promise<void> };
   let client: AuthClient;
@@ -68,6 +68,15 @@ describe("AuthClient against an in-process gRPC server", () => {
       },
       listSessions: () => {
         attempts.listSessions++; // never answers: the deadline must end the call
+      },
+      signup: (_call, callback) =>
+        callback(null, SignupResponse.fromPartial({ signupId: "p1", expiresAt: new Date(Date.now() + 900_000), deliveryHint: "j***@example.com" })),
+      verifySignup: (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        attempts.verifySignup++;
+        const { signupId, code } = call.request as { signupId: string; code: string };
+        if (attempts.verifySignup === 1) callback(failure(GrpcStatus.UNAVAILABLE, "STORE_UNAVAILABLE", "store down"));
+        else if (signupId === "p1" && code === "123456") callback(null, VerifySignupResponse.fromPartial({ user: { id: "u2", username: "jane", emailVerified: true } }));
+        else callback(failure(GrpcStatus.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid."));
       },
       logoutAll: (_call, callback) => callback(failure(GrpcStatus.UNAUTHENTICATED, "SESSION_REVOKED", "Log in again.")),
     });
@@ -94,6 +103,22 @@ describe("AuthClient against an in-process gRPC server", () => {
       return true;
     });
     assert.equal(attempts.login, 1);
+  });
+
+  it("signs up in two steps, and never resends the single-use code", async () => {
+    const started = await client.signup({ username: "jane", email: "jane@example.com", password: "pw" });
+    assert.equal(started.signupId, "p1");
+    assert.equal(started.deliveryHint, "j***@example.com");
+    await assert.rejects(client.verifySignup({ signupId: "p1", code: "123456" }), (error: unknown) => {
+      assert.ok(error instanceof AuthServiceError);
+      assert.equal(error.code, GrpcStatus.UNAVAILABLE);
+      return true;
+    });
+    assert.equal(attempts.verifySignup, 1);
+    const { user } = await client.verifySignup({ signupId: started.signupId, code: "123456" });
+    assert.equal(user?.username, "jane");
+    assert.equal(user?.emailVerified, true);
+    await assert.rejects(client.verifySignup({ signupId: "p1", code: "000000" }), { reason: "OTP_INVALID" });
   });
 
   it("gives every call a deadline", async () => {

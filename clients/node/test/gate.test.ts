@@ -11,7 +11,7 @@ import type { DeepPartial } from "../src";
 const HOUR = 3600_000;
 
 function user(role: Role = Role.ROLE_USER): User {
-  return { id: "u1", username: "jane", email: "jane@example.com", name: "", phone: "", role, locked: false, createdAt: undefined, tenantId: "acme" };
+  return { id: "u1", username: "jane", email: "jane@example.com", name: "", phone: "", role, locked: false, createdAt: undefined, tenantId: "acme", emailVerified: false };
 }
 
 function live(role: Role = Role.ROLE_USER, expiresAt = new Date(Date.now() + HOUR)): IntrospectResponse {

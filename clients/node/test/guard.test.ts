@@ -22,7 +22,7 @@ const TOKENS: Record<string, IntrospectResponse> = {
 function live(role: Role): IntrospectResponse {
   return {
     active: true,
-    user: { id: `id-${role}`, username: `name-${role}`, email: "e@example.com", name: "", phone: "", role, locked: false, createdAt: undefined, tenantId: "acme" },
+    user: { id: `id-${role}`, username: `name-${role}`, email: "e@example.com", name: "", phone: "", role, locked: false, createdAt: undefined, tenantId: "acme", emailVerified: false },
     sessionId: `session-${role}`,
     tenantId: "acme",
     expiresAt: new Date(Date.now() + 60_000),

@@ -27,7 +27,7 @@ async function waitFor(what: string, check: () => boolean, withinMs = 3000): Pro
 function answer(sessionId: string, userId: string): IntrospectResponse {
   return {
     active: true,
-    user: { id: userId, username: userId, email: `${userId}@example.com`, name: "", phone: "", role: Role.ROLE_USER, locked: false, createdAt: undefined, tenantId: "acme", inactiveReason: "" },
+    user: { id: userId, username: userId, email: `${userId}@example.com`, name: "", phone: "", role: Role.ROLE_USER, locked: false, createdAt: undefined, tenantId: "acme", emailVerified: false, inactiveReason: "" },
     sessionId,
     tenantId: "acme",
     expiresAt: new Date(Date.now() + HOUR),

@@ -10,14 +10,18 @@ Deadline: every call has one, `DEFAULT_TIMEOUT` (5 s) unless the client (`timeou
 
 Retries happen ONLY on UNAVAILABLE and ONLY for RPCs that are safe to send twice (`idempotent` in the
 table below): Introspect, IssueServiceToken (a second token is as good), GetMe, ListSessions,
-ListUsers, ListAuditEvents (reads), UnlockUser and
-SetUserRole (setting the same state again changes nothing). Everything else is sent once, because the
-first attempt may have reached the server before the connection failed: Signup (USERNAME_TAKEN on the
-retry), Login (a second e-mailed code, a failed-login count), VerifyOtp and Refresh (single-use codes
-and rotating refresh tokens: a replayed refresh token revokes the session as stolen), ChangePassword,
-UnlockAccount (single-use token), LogoutSession (SESSION_ALREADY_REVOKED on the retry), LogoutAll (the
-retry's own session may be gone) and LockUser. Attempts are bounded (`RetryPolicy.max_attempts`,
-default 3), spaced by exponential backoff with jitter, and never run past the call's deadline.
+ListUsers, ListAuditEvents (reads), UnlockUser,
+SetUserRole and UpdateMe (setting the same state again changes nothing). Everything else is sent once, because the
+first attempt may have reached the server before the connection failed: Signup (a second mail, or
+RATE_LIMITED by the address's resend interval), VerifySignup (a single-use code: OTP_INVALID on the
+retry once the account was made), Login (a second e-mailed code, a failed-login count), VerifyOtp and
+Refresh (single-use codes and rotating refresh tokens: a replayed refresh token revokes the session as
+stolen), ChangePassword, ChangeEmail (a second mail whose code supersedes the first),
+ConfirmEmailChange (a single-use code), UnlockAccount (single-use token), LogoutSession (SESSION_ALREADY_REVOKED on
+the retry), LogoutAll (the retry's own session may be gone), LockUser, RequestPasswordReset (a second mail
+whose code supersedes the first), ResetPassword and ReportSignIn (single-use code and token). Attempts are bounded
+(`RetryPolicy.max_attempts`, default 3), spaced by exponential backoff with jitter, and never run past
+the call's deadline.
 
 One declarative table (`RPCS`: method name, request type, idempotent) drives both clients; the RPC path
 and the response type are read from the service descriptors, so the table cannot disagree with the
@@ -85,10 +89,14 @@ RPCS: dict[str, Rpc] = {
     rpc.name: rpc
     for rpc in (
         _rpc("signup", auth_pb2.SignupRequest, False),
+        _rpc("verify_signup", auth_pb2.VerifySignupRequest, False),
         _rpc("login", auth_pb2.LoginRequest, False),
         _rpc("verify_otp", auth_pb2.VerifyOtpRequest, False),
         _rpc("refresh", auth_pb2.RefreshRequest, False),
         _rpc("unlock_account", auth_pb2.UnlockAccountRequest, False),
+        _rpc("request_password_reset", auth_pb2.RequestPasswordResetRequest, False),
+        _rpc("reset_password", auth_pb2.ResetPasswordRequest, False),
+        _rpc("report_sign_in", auth_pb2.ReportSignInRequest, False),
         _rpc("issue_service_token", auth_pb2.IssueServiceTokenRequest, True),
         _rpc("introspect", auth_pb2.IntrospectRequest, True),
         _rpc("get_me", auth_pb2.GetMeRequest, True),
@@ -96,6 +104,9 @@ RPCS: dict[str, Rpc] = {
         _rpc("logout_session", auth_pb2.LogoutSessionRequest, False),
         _rpc("logout_all", auth_pb2.LogoutAllRequest, False),
         _rpc("change_password", auth_pb2.ChangePasswordRequest, False),
+        _rpc("update_me", auth_pb2.UpdateMeRequest, True),
+        _rpc("change_email", auth_pb2.ChangeEmailRequest, False),
+        _rpc("confirm_email_change", auth_pb2.ConfirmEmailChangeRequest, False),
         _rpc("list_users", admin_pb2.ListUsersRequest, True),
         _rpc("list_audit_events", admin_pb2.ListAuditEventsRequest, True),
         _rpc("lock_user", admin_pb2.LockUserRequest, False),
@@ -174,6 +185,17 @@ class _ServiceToken:
 def response_now() -> float:
     """Wall-clock seconds (expires_at is a wall-clock time); a function so tests can move it."""
     return time.time()
+
+
+def _update_me_request(
+    name: str | None, phone: str | None, update_mask: Sequence[str] | None
+) -> auth_pb2.UpdateMeRequest:
+    """An UpdateMeRequest whose mask names the fields given, so an empty value clears a field (the
+    server reads an empty mask as "every field set", where an empty value would mean "leave it")."""
+    given = {field: value for field, value in (("name", name), ("phone", phone)) if value is not None}
+    request = auth_pb2.UpdateMeRequest(**given)
+    request.update_mask.paths.extend(update_mask if update_mask is not None else given)
+    return request
 
 
 def _role(role: int | str) -> access_pb2.Role:
@@ -374,8 +396,13 @@ class AuthClient(_ClientBase):
     def signup(
         self, username: str, email: str, password: str, name: str = "", phone: str = "", **options: Unpack[CallOptions]
     ) -> auth_pb2.SignupResponse:
+        """Start a sign-up: a code is mailed; `verify_signup` with the response's signup_id creates the user."""
         request = auth_pb2.SignupRequest(username=username, email=email, password=password, name=name, phone=phone)
         return self.call(RPCS["signup"], request, options)
+
+    def verify_signup(self, signup_id: str, code: str, **options: Unpack[CallOptions]) -> auth_pb2.VerifySignupResponse:
+        request = auth_pb2.VerifySignupRequest(signup_id=signup_id, code=code)
+        return self.call(RPCS["verify_signup"], request, options)
 
     def login(
         self, username_or_email: str, password: str, device_token: str = "", **options: Unpack[CallOptions]
@@ -399,6 +426,23 @@ class AuthClient(_ClientBase):
     def unlock_account(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.UnlockAccountResponse:
         # `token` here is the e-mailed unlock token (a request field), not the access token.
         return self.call(RPCS["unlock_account"], auth_pb2.UnlockAccountRequest(token=token), options)
+
+    def request_password_reset(
+        self, username_or_email: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.RequestPasswordResetResponse:
+        """Mails a reset code when the name is an account's; the answer is the same either way."""
+        request = auth_pb2.RequestPasswordResetRequest(username_or_email=username_or_email)
+        return self.call(RPCS["request_password_reset"], request, options)
+
+    def reset_password(
+        self, reset_id: str, code: str, new_password: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ResetPasswordResponse:
+        request = auth_pb2.ResetPasswordRequest(reset_id=reset_id, code=code, new_password=new_password)
+        return self.call(RPCS["reset_password"], request, options)
+
+    def report_sign_in(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.ReportSignInResponse:
+        """Redeem a new-device notice's "This wasn't me" token: ends that session, starts a reset."""
+        return self.call(RPCS["report_sign_in"], auth_pb2.ReportSignInRequest(token=token), options)
 
     def issue_service_token(
         self, client_id: str, client_secret: str, **options: Unpack[CallOptions]
@@ -429,6 +473,31 @@ class AuthClient(_ClientBase):
     ) -> auth_pb2.ChangePasswordResponse:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
         return self.call(RPCS["change_password"], request, options)
+
+    def update_me(
+        self,
+        name: str | None = None,
+        phone: str | None = None,
+        update_mask: Sequence[str] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> auth_pb2.UpdateMeResponse:
+        """Change the caller's profile: only the fields given (None: leave it), so `update_me(phone="")`
+        removes the phone. `update_mask` names the fields explicitly instead (AIP-134)."""
+        request = _update_me_request(name, phone, update_mask)
+        return self.call(RPCS["update_me"], request, options)
+
+    def change_email(
+        self, new_email: str, current_password: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ChangeEmailResponse:
+        """Mail a code to `new_email`; `confirm_email_change` with the response's change_id makes the change."""
+        request = auth_pb2.ChangeEmailRequest(new_email=new_email, current_password=current_password)
+        return self.call(RPCS["change_email"], request, options)
+
+    def confirm_email_change(
+        self, change_id: str, code: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ConfirmEmailChangeResponse:
+        request = auth_pb2.ConfirmEmailChangeRequest(change_id=change_id, code=code)
+        return self.call(RPCS["confirm_email_change"], request, options)
 
     # AdminService
     def list_users(
@@ -565,8 +634,15 @@ class AsyncAuthClient(_ClientBase):
     async def signup(
         self, username: str, email: str, password: str, name: str = "", phone: str = "", **options: Unpack[CallOptions]
     ) -> auth_pb2.SignupResponse:
+        """Start a sign-up: a code is mailed; `verify_signup` with the response's signup_id creates the user."""
         request = auth_pb2.SignupRequest(username=username, email=email, password=password, name=name, phone=phone)
         return await self.call(RPCS["signup"], request, options)
+
+    async def verify_signup(
+        self, signup_id: str, code: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.VerifySignupResponse:
+        request = auth_pb2.VerifySignupRequest(signup_id=signup_id, code=code)
+        return await self.call(RPCS["verify_signup"], request, options)
 
     async def login(
         self, username_or_email: str, password: str, device_token: str = "", **options: Unpack[CallOptions]
@@ -589,6 +665,23 @@ class AsyncAuthClient(_ClientBase):
     async def unlock_account(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.UnlockAccountResponse:
         request = auth_pb2.UnlockAccountRequest(token=token)
         return await self.call(RPCS["unlock_account"], request, options)
+
+    async def request_password_reset(
+        self, username_or_email: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.RequestPasswordResetResponse:
+        """Mails a reset code when the name is an account's; the answer is the same either way."""
+        request = auth_pb2.RequestPasswordResetRequest(username_or_email=username_or_email)
+        return await self.call(RPCS["request_password_reset"], request, options)
+
+    async def reset_password(
+        self, reset_id: str, code: str, new_password: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ResetPasswordResponse:
+        request = auth_pb2.ResetPasswordRequest(reset_id=reset_id, code=code, new_password=new_password)
+        return await self.call(RPCS["reset_password"], request, options)
+
+    async def report_sign_in(self, token: str, **options: Unpack[CallOptions]) -> auth_pb2.ReportSignInResponse:
+        """Redeem a new-device notice's "This wasn't me" token: ends that session, starts a reset."""
+        return await self.call(RPCS["report_sign_in"], auth_pb2.ReportSignInRequest(token=token), options)
 
     async def issue_service_token(
         self, client_id: str, client_secret: str, **options: Unpack[CallOptions]
@@ -622,6 +715,29 @@ class AsyncAuthClient(_ClientBase):
     ) -> auth_pb2.ChangePasswordResponse:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
         return await self.call(RPCS["change_password"], request, options)
+
+    async def update_me(
+        self,
+        name: str | None = None,
+        phone: str | None = None,
+        update_mask: Sequence[str] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> auth_pb2.UpdateMeResponse:
+        """As AuthClient.update_me."""
+        request = _update_me_request(name, phone, update_mask)
+        return await self.call(RPCS["update_me"], request, options)
+
+    async def change_email(
+        self, new_email: str, current_password: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ChangeEmailResponse:
+        request = auth_pb2.ChangeEmailRequest(new_email=new_email, current_password=current_password)
+        return await self.call(RPCS["change_email"], request, options)
+
+    async def confirm_email_change(
+        self, change_id: str, code: str, **options: Unpack[CallOptions]
+    ) -> auth_pb2.ConfirmEmailChangeResponse:
+        request = auth_pb2.ConfirmEmailChangeRequest(change_id=change_id, code=code)
+        return await self.call(RPCS["confirm_email_change"], request, options)
 
     # AdminService
     async def list_users(

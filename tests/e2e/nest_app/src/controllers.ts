@@ -35,8 +35,17 @@ export class AccountController {
   @Post("signup")
   @HttpCode(200)
   async signup(@Body() body: SignupBody) {
-    const { user } = await this.auth.signup(body);
-    return { id: user?.id, username: user?.username };
+    // The same answer whether or not the address has an account: the code (or a notice) went by mail.
+    const { signupId, deliveryHint } = await this.auth.signup(body);
+    return { signupId, deliveryHint };
+  }
+
+  @Public()
+  @Post("signup/verify")
+  @HttpCode(200)
+  async verifySignup(@Body() body: { signupId: string; code: string }) {
+    const { user } = await this.auth.verifySignup(body);
+    return { id: user?.id, username: user?.username, emailVerified: user?.emailVerified };
   }
 
   @Public()
