@@ -2,11 +2,11 @@
 "Try it with curl", in order, in one shell session, against a real `auth-server serve` started the way
 `scripts/serve` starts it (console mail, generated dev secret).
 
-Only four lines are changed before a block runs: `ADDR=...` and `B=...` point at this test's ports, and
-`SIGNUP_CODE=123456` and `CODE=123456` get the sign-up and sign-in codes the server printed in its DEV
-MAIL. Each block runs under `set -euo pipefail`, so any failing command fails the test with the block and
-its output. What the README says the commands answer (SESSION_REVOKED, the 401, the JSON in its
-comments) is asserted on their output.
+Only these lines are changed before a block runs: `ADDR=...` and `B=...` point at this test's ports, and
+`SIGNUP_CODE=123456`, `CODE=123456` and `RESET_CODE=123456` get the sign-up, sign-in and password-reset
+codes the server printed in its DEV MAIL. Each block runs under `set -euo pipefail`, so any failing
+command fails the test with the block and its output. What the README says the commands answer
+(SESSION_REVOKED, the 401, the JSON in its comments) is asserted on their output.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ GRPC_ADDR_LINE = "ADDR=127.0.0.1:50051"
 HTTP_BASE_LINE = "B=http://127.0.0.1:8080"
 CODE_LINE = "CODE=123456"
 SIGNUP_CODE_LINE = "SIGNUP_CODE=123456"
+RESET_CODE_LINE = "RESET_CODE=123456"
 DEV_MAIL = re.compile(r"----- DEV MAIL[^\n]*\n(.*?)\n----- END DEV MAIL -----", re.S)
 # The line a block reads a code into, and the mail's sentence that carries it (the README quotes both).
 CODE_IN_MAIL = {
     CODE_LINE: re.compile(r"Your sign-in code is ([0-9]{6})\b"),
     SIGNUP_CODE_LINE: re.compile(r"Your sign-up code is ([0-9]{6})\b"),
+    RESET_CODE_LINE: re.compile(r"Your password reset code is ([0-9]{6})\b"),
 }
 # The variables a block leaves behind, for the next block (as one terminal would keep them): every
 # variable the block's shell has beyond a fresh shell's, plus PATH, which the walkthrough extends.
@@ -149,13 +151,14 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
         _need(name)
     blocks = readme_blocks()
     every_line = [line for block in blocks for line in block.text.splitlines()]
-    for line in (GRPC_ADDR_LINE, HTTP_BASE_LINE, CODE_LINE, SIGNUP_CODE_LINE):
+    for line in (GRPC_ADDR_LINE, HTTP_BASE_LINE, CODE_LINE, SIGNUP_CODE_LINE, RESET_CODE_LINE):
         assert line in every_line, f"README walkthrough has no line {line!r} for the test to point at its server"
 
     state = tmp_path / "shell-state"
     state.write_text("")
     shell = Shell(state, {**os.environ, "PATH": f"{REPO / '.cache' / 'bin'}:{os.environ['PATH']}"})
     outputs: dict[str, list[str]] = {title: [] for title in SECTIONS}
+    ran: list[tuple[Block, str]] = []
     codes_used = dict.fromkeys(CODE_IN_MAIL, 0)
     previous = output = ""
     for block in blocks:
@@ -189,6 +192,7 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
         for claim in _claims_in_comments(block.text):
             assert claim in output, f"README claims {claim} for this block:\n{block.text}\n--- output ---\n{output}"
         outputs[block.section].append(output)
+        ran.append((block, output))
 
     grpc = "\n".join(outputs["Try it with grpcurl"])
     assert "auth.v1.AuthService" in grpc and '"status": "SERVING"' in grpc
@@ -197,7 +201,8 @@ def test_readme_walkthroughs_run_as_written(server: ServerProcess, tmp_path: Pat
     (claims,) = [answer for answer in _json_answers(grpc) if "jti" in answer]
     assert set(claims) == {"session_id", "type", "iat", "exp", "jti"} and claims["type"] == "access"
     assert '"device_name": "My laptop"' in grpc and '"is_current": true' in grpc
-    revoked = outputs["Try it with grpcurl"][-1]
+    assert '"phone": "+14155550123"' in grpc  # UpdateMe stored the phone as E.164
+    (revoked,) = [output for block, output in ran if "LogoutSession" in block.text]
     assert '"code": 16' in revoked and '"reason": "SESSION_REVOKED"' in revoked, revoked
 
     http = "\n".join(outputs["Try it with curl"])
