@@ -232,7 +232,10 @@ class Fixtures:
         from auth_server.domain.sessions import Device, Sessions
 
         collect = _Collect()
-        sessions = Sessions(collect, self.settings, self.keys, self.access, self.refresh, Audit(collect))  # type: ignore[arg-type]
+        # No session cap while building fixtures: the cap's lease needs a real store, and these are
+        # written straight to one (write_records), as many per user as a scenario wants.
+        uncapped = dataclasses.replace(self.settings, max_sessions_per_user=0)
+        sessions = Sessions(collect, uncapped, self.keys, self.access, self.refresh, Audit(collect))  # type: ignore[arg-type]
         device = Device(name="Bench device", ip_address="127.0.0.1", user_agent=DEVICE_UA)
         issued = [sessions.open(TENANT, users[i % len(users)], device) for i in range(count)]
         return collect.sessions, issued
@@ -1293,7 +1296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bcrypt-rounds", type=int, default=None, help="bcrypt cost (default AUTH_BCRYPT_ROUNDS or 12; --quick: 10)"
     )
-    parser.add_argument("--output", default=str(REPO / "bench" / "results.json"), help="where to write the JSON")
+    parser.add_argument(
+        "--output", help="the JSON's path (default bench/results.json; --peer keycloak: bench/peer-keycloak.json)"
+    )
+    parser.add_argument(
+        "--peer",
+        choices=("keycloak",),
+        help="instead of the scenarios: this service and Keycloak side by side, read, refresh and login "
+        "(scripts/peer_keycloak.py; downloads Keycloak once, takes minutes; writes bench/peer-keycloak.json)",
+    )
     parser.add_argument(
         "--only", nargs="+", type=int, choices=range(1, 13), metavar="N", help="run only these scenarios (1-12)"
     )
@@ -1338,6 +1349,15 @@ def main(argv: list[str] | None = None) -> int:
         log("needs at least 2 CPUs (server and load generator on different cores)")
         return 2
     sys.path.insert(0, str(REPO))
+    if args.peer == "keycloak":
+        sys.modules.setdefault("bench", sys.modules[__name__])  # peer_keycloak imports this module by name
+        import peer_keycloak
+
+        args.output = args.output or str(REPO / "bench" / "peer-keycloak.json")
+        if not args.rounds:
+            profile = dataclasses.replace(profile, rounds=1 if args.quick else 3)
+        return peer_keycloak.run(args, profile)
+    args.output = args.output or str(REPO / "bench" / "results.json")
     with _bench(args, profile) as bench:
         results = bench.run()
     output = Path(args.output)
