@@ -1108,8 +1108,11 @@ class Bench:
         legit = {"concurrency": 2, "duration": self.p.login_measure, "metadata": {"x-forwarded-for": "203.0.113.10"}}
         try:
             for _ in range(self.p.rounds):
-                self.record("login_others_alone", "12 Login, other sources, alone",
-                            self.measure(server, "auth.v1.AuthService/Login", data=data, **legit))
+                self.record(
+                    "login_others_alone",
+                    "12 Login, other sources, alone",
+                    self.measure(server, "auth.v1.AuthService/Login", data=data, **legit),
+                )
                 flood_cmd = self.ghz.command(
                     "auth.v1.AuthService/Login",
                     server.target,
