@@ -89,6 +89,7 @@ TARGETS = {
     "revocation_p99_ms": ("<=", 100.0),  # issue 12: a revocation reaches a guarded service (scenario 11)
     "login_fairness": (">=", 0.8),  # issue 11: other sources' logins under one source's flood (scenario 12)
     "login_fairness_rate": ("info", None),
+    "session_cap_ratio": ("info", None),  # issue 14: opening a session under the cap ÷ without (scenario 13)
 }
 
 
@@ -757,6 +758,8 @@ class Bench:
             self.scenario_revocation_latency(env, auth_issued[:100])
         if 12 in want:
             self.scenario_login_fairness(env, login_users)
+        if 13 in want:
+            self.scenario_session_cap(env, login_users)
         return self.report()
 
     def start_ferret(self) -> str:
@@ -1090,6 +1093,51 @@ class Bench:
             note="ms from sending LogoutSession to the guard's cache entry gone; one revocation at a time",
         )
 
+    # ---- scenario 13: what the session cap adds to opening a session ---------------------------------
+
+    def scenario_session_cap(self, env: dict[str, str], users: list[Any]) -> None:
+        """Sessions.open against the real store, one thread, in process: with AUTH_MAX_SESSIONS_PER_USER=100
+        (a per-user lease in the store, the live sessions counted, the idlest evicted when full) and with 0
+        (no cap), interleaved. Every sign-in (VerifyOtp) pays this; ghz cannot drive VerifyOtp (it needs
+        the mailed code), so the domain step is timed directly, on the store the server uses."""
+        from auth_server.domain.audit import Audit
+        from auth_server.domain.sessions import Device, Sessions
+        from auth_server.domain.tokens import RefreshTokens, access_tokens_for
+        from auth_server.infra.config import load_settings
+        from auth_server.infra.keys import KeyRing
+        from auth_server.store import open_store
+
+        calls = 300 if self.p.name == "quick" else 1500
+        log(f"scenario 13: opening a session with the session cap (100) vs without (0), {calls} each, in process")
+        settings = load_settings(env)
+        keys = KeyRing.from_secret(settings.jwt_secret)
+        access = access_tokens_for("HS256", keys.jwt, None, None, settings.access_ttl)
+        device = Device(name="Bench device", ip_address="127.0.0.1", user_agent=DEVICE_UA)
+        store = open_store(env["AUTH_STORE"])
+        store.open()
+        try:
+            for _ in range(self.p.rounds):
+                for name, cap in (("open_capped", 100), ("open_uncapped", 0)):
+                    capped = dataclasses.replace(settings, max_sessions_per_user=cap)
+                    sessions = Sessions(store, capped, keys, access, RefreshTokens(keys.refresh), Audit(store))
+                    took: list[float] = []
+                    started = time.perf_counter()
+                    for i in range(calls):
+                        before = time.perf_counter()
+                        sessions.open(TENANT, users[i % len(users)], device)
+                        took.append((time.perf_counter() - before) * 1000)
+                    elapsed = time.perf_counter() - started
+                    cuts = statistics.quantiles(took, n=100, method="inclusive")
+                    label = "13 Sessions.open, cap 100" if cap else "13 Sessions.open, no cap"
+                    self.record(
+                        name,
+                        label,
+                        Result(calls / elapsed, cuts[49], cuts[94], cuts[98], statistics.fmean(took), calls, 0),
+                        note="in process, one thread, on the server's store",
+                    )
+        finally:
+            store.close()
+
     # ---- report ----------------------------------------------------------------------------------------
 
     # ---- scenario 12: login fairness under one source's flood -------------------------------------
@@ -1162,6 +1210,7 @@ class Bench:
             # The issue's measure: the share of other sources' logins that succeed, flood vs none.
             "login_fairness": success["login_others_flood"] / success["login_others_alone"],
             "login_fairness_rate": s["login_others_flood"] / s["login_others_alone"],  # their throughput
+            "session_cap_ratio": s["open_capped"] / s["open_uncapped"],
         }
         return {
             **{k: (round(v, 3) if v == v else None) for k, v in ratios.items()},
@@ -1287,7 +1336,7 @@ def _bench(args: argparse.Namespace, profile: Profile) -> Iterator[Bench]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark auth-server with ghz and vegeta: 10 scenarios, a table, and bench/results.json.",
+        description="Benchmark auth-server with ghz and vegeta: 13 scenarios, a table, and bench/results.json.",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run, under two minutes (one round, short runs)")
     parser.add_argument(
@@ -1309,7 +1358,7 @@ def main(argv: list[str] | None = None) -> int:
         "(scripts/peer_keycloak.py; downloads Keycloak once, takes minutes; writes bench/peer-keycloak.json)",
     )
     parser.add_argument(
-        "--only", nargs="+", type=int, choices=range(1, 13), metavar="N", help="run only these scenarios (1-12)"
+        "--only", nargs="+", type=int, choices=range(1, 14), metavar="N", help="run only these scenarios (1-13)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: quick 1, full 2)")
     parser.add_argument("--measure", type=float, help="measured seconds of each throughput run")
@@ -1333,7 +1382,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     if args.measure:
         profile = dataclasses.replace(profile, measure=args.measure)
-    args.only = set(args.only or range(1, 13))
+    args.only = set(args.only or range(1, 14))
     if args.store == "mongodb":  # a FerretDB-backed store is far slower: fewer refresh tokens, same scenarios
         profile = dataclasses.replace(profile, refresh_calls=1000, refresh_warm=200)
     if args.bcrypt_rounds is None:
