@@ -133,3 +133,15 @@ def test_parallel_sign_ins_never_exceed_the_cap(make_client: Any) -> None:
         except grpc.RpcError as error:
             answers[tokens.session_id] = failure(error).reason
     assert sorted(answers.values()) == ["OK"] * cap + ["SESSION_REVOKED"] * (logins - cap)
+
+
+def test_far_below_the_cap_a_sign_in_takes_no_lease_and_near_it_one_does(make_client: Any) -> None:
+    from auth_server.domain.sessions import LEASE_MARGIN
+
+    far = make_client(AUTH_MAX_SESSIONS_PER_USER=str(LEASE_MARGIN + 3))
+    user = far.signup("roomy")
+    for _ in range(3):  # each opens with fewer than 3 live sessions: more than the margin below the cap
+        far.sign_in("roomy")
+    assert far.store.get_counter(TENANT, f"lease:sessions:{user.id}") is None
+    far.sign_in("roomy")  # with 3 live this one is within the margin, so it takes the lease
+    assert far.store.get_counter(TENANT, f"lease:sessions:{user.id}") is not None
