@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_server.domain import errors, known_devices, new_device, otp, revocations, validation
-from auth_server.domain.codes import mask_email
+from auth_server.domain.codes import mail_unavailable, mask_email
 from auth_server.domain.errors import AuthError, Code, FieldViolation, server_busy, unauthenticated, validation_failed
 from auth_server.domain.parts import AccountFlow, Parts
 from auth_server.domain.revocations import RevocationLog
@@ -54,10 +54,6 @@ def _rate_limited(retry_after: int) -> AuthError:
         f"A code was sent moments ago; wait {retry_after} s before asking for another.",
         metadata={"retry_after_seconds": str(retry_after)},
     )
-
-
-def _mail_unavailable() -> AuthError:
-    return AuthError(Code.UNAVAILABLE, "MAIL_UNAVAILABLE", "The code could not be e-mailed; retry later.")
 
 
 class Accounts(AccountFlow):
@@ -213,7 +209,7 @@ class Accounts(AccountFlow):
             log.warning("login code mail failed", exc_info=True)
             self._store.update_challenge(tenant, challenge.id, set={"consumed_at": now})
             self._store.update_user(tenant, user.id, set={"last_otp_sent_at": last}, expect={"last_otp_sent_at": now})
-            raise _mail_unavailable() from None
+            raise mail_unavailable() from None
         self._audit.record(tenant, "login.code_sent", user_id=user.id, login_id=challenge.id)
         return LoginStarted(challenge.id, challenge.expires_at, mask_email(user.email))
 

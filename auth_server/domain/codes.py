@@ -33,6 +33,10 @@ def code_invalid(attempts_left: int | None = None) -> AuthError:
     return AuthError(Code.UNAUTHENTICATED, "OTP_INVALID", "The code is not valid.", metadata=metadata)
 
 
+def mail_unavailable() -> AuthError:
+    return AuthError(Code.UNAVAILABLE, "MAIL_UNAVAILABLE", "The code could not be e-mailed; retry later.")
+
+
 def _well_formed_id(value: str) -> bool:
     return 0 < len(value) <= 64 and value.isascii() and value.isalnum()
 

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 
 from auth_server.domain import errors, otp, validation
 from auth_server.domain.accounts import Accounts
-from auth_server.domain.codes import code_invalid, mask_email
+from auth_server.domain.codes import code_invalid, mail_unavailable, mask_email
 from auth_server.domain.errors import AuthError, Code, FieldViolation, unauthenticated, validation_failed
 from auth_server.domain.parts import AccountFlow, Parts
 from auth_server.domain.sessions import Caller
@@ -158,9 +158,7 @@ class Profiles(AccountFlow):
             log.warning("e-mail change mail failed", exc_info=True)
             self._store.update_challenge(tenant, change_id, set={"consumed_at": now})
             self._codes.release_send(tenant, self._resend_key(user.id), now)
-            raise AuthError(
-                Code.UNAVAILABLE, "MAIL_UNAVAILABLE", "The code could not be e-mailed; retry later."
-            ) from None
+            raise mail_unavailable() from None
         # The audit trail is for admins, so it may say which case this was.
         self._audit.record(
             tenant, "email.change_requested", user_id=user.id, change_id=change_id, address_taken=str(taken).lower()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_server.domain import otp, validation
-from auth_server.domain.codes import mask_email
+from auth_server.domain.codes import mail_unavailable, mask_email
 from auth_server.domain.counters import live, swap
 from auth_server.domain.errors import AuthError, Code, server_busy, validation_failed
 from auth_server.domain.parts import AccountFlow
@@ -137,9 +137,7 @@ class Signups(AccountFlow):
             log.warning("sign-up mail failed", exc_info=True)
             self._store.update_challenge(tenant, signup_id, set={"consumed_at": now})
             self._codes.release_send(tenant, self._resend_key(email), now)
-            raise AuthError(
-                Code.UNAVAILABLE, "MAIL_UNAVAILABLE", "The code could not be e-mailed; retry later."
-            ) from None
+            raise mail_unavailable() from None
         # The audit trail is for admins (and the owner's own history), so it may say which case this was.
         self._audit.record(
             tenant,
