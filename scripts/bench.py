@@ -90,6 +90,7 @@ TARGETS = {
     "login_fairness": (">=", 0.8),  # issue 11: other sources' logins under one source's flood (scenario 12)
     "login_fairness_rate": ("info", None),
     "session_cap_ratio": ("info", None),  # issue 14: opening a session under the cap ÷ without (scenario 13)
+    "session_cache_ratio": ("info", None),  # issue 15: GetMe with the session cache ÷ without (scenario 14)
 }
 
 
@@ -760,6 +761,8 @@ class Bench:
             self.scenario_login_fairness(env, login_users)
         if 13 in want:
             self.scenario_session_cap(env, login_users)
+        if 14 in want:
+            self.scenario_session_cache(env, tokens)
         return self.report()
 
     def start_ferret(self) -> str:
@@ -959,8 +962,9 @@ class Bench:
     def scenario_data(self, small_uri: str, big_uri: str, tokens: list[str]) -> None:
         small_n, big_n = self.p.small_sessions, self.p.big_sessions
         log(f"scenario 8: GetMe with {small_n} vs {big_n} stored sessions (two servers, interleaved)")
-        small = self.server(self.base_env(small_uri), "small")
-        big = self.server(self.base_env(big_uri), "big")
+        # Without the session cache: what is measured is the store's read of a session among many.
+        small = self.server({**self.base_env(small_uri), "AUTH_SESSION_CACHE_TTL": "0"}, "small")
+        big = self.server({**self.base_env(big_uri), "AUTH_SESSION_CACHE_TTL": "0"}, "big")
         try:
             for _ in range(self.p.rounds):
                 for key, server, n in (("data_small", small, small_n), ("data_big", big, big_n)):
@@ -972,6 +976,23 @@ class Bench:
         finally:
             small.stop()
             big.stop()
+
+    # ---- scenario 14: the session cache (issue 15) ------------------------------------------------
+
+    def scenario_session_cache(self, env: dict[str, str], tokens: list[str]) -> None:
+        log("scenario 14: GetMe with the session cache vs AUTH_SESSION_CACHE_TTL=0 (two servers, interleaved)")
+        servers = {
+            "cache_on": self.server(env, "cache-on"),
+            "cache_off": self.server({**env, "AUTH_SESSION_CACHE_TTL": "0"}, "cache-off"),
+        }
+        try:
+            for _ in range(self.p.rounds):
+                for key, server in servers.items():
+                    label = "14 GetMe, session cache" if key == "cache_on" else "14 GetMe, AUTH_SESSION_CACHE_TTL=0"
+                    self.record(key, label, self.measure(server, "auth.v1.AuthService/GetMe", tokens=tokens))
+        finally:
+            for server in servers.values():
+                server.stop()
 
     # ---- scenario 9: worker processes ----------------------------------------------------------------
 
@@ -1212,6 +1233,7 @@ class Bench:
             "login_fairness": success["login_others_flood"] / success["login_others_alone"],
             "login_fairness_rate": s["login_others_flood"] / s["login_others_alone"],  # their throughput
             "session_cap_ratio": s["open_capped"] / s["open_uncapped"],
+            "session_cache_ratio": s["cache_on"] / s["cache_off"],
         }
         return {
             **{k: (round(v, 3) if v == v else None) for k, v in ratios.items()},
@@ -1337,7 +1359,7 @@ def _bench(args: argparse.Namespace, profile: Profile) -> Iterator[Bench]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark auth-server with ghz and vegeta: 13 scenarios, a table, and bench/results.json.",
+        description="Benchmark auth-server with ghz and vegeta: 14 scenarios, a table, and bench/results.json.",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run, under two minutes (one round, short runs)")
     parser.add_argument(
@@ -1359,7 +1381,7 @@ def main(argv: list[str] | None = None) -> int:
         "(scripts/peer_keycloak.py; downloads Keycloak once, takes minutes; writes bench/peer-keycloak.json)",
     )
     parser.add_argument(
-        "--only", nargs="+", type=int, choices=range(1, 14), metavar="N", help="run only these scenarios (1-13)"
+        "--only", nargs="+", type=int, choices=range(1, 15), metavar="N", help="run only these scenarios (1-14)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: quick 1, full 2)")
     parser.add_argument("--measure", type=float, help="measured seconds of each throughput run")
@@ -1383,7 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     if args.measure:
         profile = dataclasses.replace(profile, measure=args.measure)
-    args.only = set(args.only or range(1, 14))
+    args.only = set(args.only or range(1, 15))
     if args.store == "mongodb":  # a FerretDB-backed store is far slower: fewer refresh tokens, same scenarios
         profile = dataclasses.replace(profile, refresh_calls=1000, refresh_warm=200)
     if args.bcrypt_rounds is None:

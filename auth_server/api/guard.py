@@ -21,7 +21,6 @@ UNAVAILABLE / STORE_UNAVAILABLE, anything else INTERNAL with a generic message a
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -35,6 +34,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_status import rpc_status
 
 from auth_client.gen.auth.v1 import access_pb2
+from auth_server.api.access_log import AccessLog
 from auth_server.api.rpc_errors import abort, to_status_proto
 from auth_server.domain import audit, errors
 from auth_server.domain.errors import AuthError, Code, unauthenticated
@@ -47,7 +47,6 @@ from auth_server.infra.proxies import BRIDGE_HEADER, TrustedProxies
 from auth_server.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("auth.access")
 
 ROLE_NAMES = {access_pb2.ROLE_USER: "user", access_pb2.ROLE_MANAGER: "manager", access_pb2.ROLE_ADMIN: "admin"}
 
@@ -59,7 +58,6 @@ INFRASTRUCTURE_PUBLIC = (
 )
 MAX_HEADER_CHARS = 8192
 MAX_CACHED_STATUSES = 256
-MAX_SESSION_TAGS = 8192
 
 
 class AccessRuleError(Exception):
@@ -170,7 +168,7 @@ class Guard(grpc.ServerInterceptor):
         # Per (method, code): the metric children, so a call does not look its labels up again.
         self._observers: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._statuses: dict[tuple[Code, str, str], grpc.Status] = {}
-        self._session_tags: dict[str, str] = {}
+        self._access = AccessLog()
 
     def intercept_service(
         self,
@@ -325,34 +323,18 @@ class Guard(grpc.ServerInterceptor):
             )
         observers[0].inc()
         observers[1].observe(seconds)
-        if access_log.isEnabledFor(logging.INFO):
+        if self._access.enabled():
             caller = info.caller if info else None
-            extra = {
-                "method": method,
-                "code": code,
-                "reason": error.reason if error else "",
-                "latency_ms": round(seconds * 1000, 3),
-                "tenant": info.tenant if info else "",
-                # a hash, not the id: the log should not hand out handles on live sessions
-                "session": self._session_tag(caller.session.id) if caller else "",
-                "service": info.service.account.name if info and info.service else "",
-                "ip": ip,
-            }
-            # What access_log.info("call", extra=extra) does, less its walk up the stack to find the
-            # caller's file and line: they are always these.
-            access_log.handle(
-                access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "call", (), None, "_finish", extra)
+            self._access.write(
+                method=method,
+                code=code,
+                reason=error.reason if error else "",
+                seconds=seconds,
+                tenant=info.tenant if info else "",
+                session_id=caller.session.id if caller else "",
+                service=info.service.account.name if info and info.service else "",
+                ip=ip,
             )
-
-    def _session_tag(self, session_id: str) -> str:
-        """The logged stand-in for a session id (a hash prefix), remembered for the sessions seen lately."""
-        tag = self._session_tags.get(session_id)
-        if tag is None:
-            tag = hashlib.sha256(session_id.encode()).hexdigest()[:16]
-            if len(self._session_tags) >= MAX_SESSION_TAGS:
-                self._session_tags.clear()
-            self._session_tags[session_id] = tag
-        return tag
 
     def _admit(self, rule: Rule, headers: dict[str, list[str]], ip: str) -> CallInfo:
         tenant = self._tenant(headers.get("x-tenant-id"))
@@ -404,6 +386,9 @@ class Guard(grpc.ServerInterceptor):
             caller = self._sessions.caller_for(tenant, claims)
         else:
             caller = self._sessions.authenticate(tenant, token)  # a guard built without service accounts
+        if rule.roles is not None and caller.user.role not in rule.roles and isinstance(claims, AccessClaims):
+            # The user may come from the session cache; a refusal is decided on the stored role.
+            caller = self._sessions.caller_for(tenant, claims, fresh=True)
         if rule.roles is not None and caller.user.role not in rule.roles:
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")
         return caller

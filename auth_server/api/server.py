@@ -35,6 +35,7 @@ from auth_server.domain.purge import Purge, PurgeJob
 from auth_server.domain.recovery import Recovery
 from auth_server.domain.revocations import RevocationFeed
 from auth_server.domain.services import ServiceAccounts
+from auth_server.domain.session_cache import SessionCache
 from auth_server.domain.sessions import Sessions
 from auth_server.domain.signups import Signups
 from auth_server.domain.throttle import Throttle
@@ -110,6 +111,7 @@ class App:
     revocations: RevocationFeed | None = None
     local: LocalCalls | None = None  # the guarded handlers for `serve`'s in-process bridge
     purge: PurgeJob | None = None  # AUTH_PURGE_INTERVAL's job (None: 0, never)
+    cache: SessionCache | None = None  # AUTH_SESSION_CACHE_TTL's cache and its tail (None: 0, off)
 
     def stop(self, grace: float) -> None:
         self.monitor.stop()
@@ -119,6 +121,8 @@ class App:
         if self.revocations is not None:
             self.revocations.close()  # open WatchRevocations streams end now (UNAVAILABLE), not after grace
         self.server.stop(grace).wait()
+        if self.cache is not None:
+            self.cache.close()  # its tail reads the store: before the store closes
         self.store.close()
 
 
@@ -195,7 +199,8 @@ def create_server(
     )
     metrics = Metrics()
     audit = Audit(store, metrics.count_event)
-    sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit)
+    cache = SessionCache(store, settings.tenants, settings.session_cache_ttl) if settings.session_cache_ttl else None
+    sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit, cache)
     throttle = Throttle(store, settings, keys)
     mailer = mailer or build_mailer(settings)
     parts = Parts(store, settings, keys, hasher, mailer, sessions, audit, throttle)
@@ -222,7 +227,7 @@ def create_server(
     revocations = RevocationFeed(store, max_streams=settings.watch_streams or max(1, settings.grpc_threads // 4))
     auth_servicer = AuthServicer(accounts, sessions, services, revocations, flows)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server)
-    admin_servicer = AdminServicer(Admin(store, audit))
+    admin_servicer = AdminServicer(Admin(store, audit, sessions.revocations))
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_servicer = health.HealthServicer()
     servicers = ((auth_pb2.DESCRIPTOR, auth_servicer), (admin_pb2.DESCRIPTOR, admin_servicer))
@@ -237,6 +242,8 @@ def create_server(
     if port == 0:
         store.close()
         raise ConfigError(f"AUTH_GRPC_ADDR: gRPC server cannot listen on {settings.grpc_addr}")
+    if cache is not None:
+        cache.start()
     monitor = HealthMonitor(store, health_servicer, health_interval)
     monitor.start()
     server.start()
@@ -253,4 +260,5 @@ def create_server(
         revocations=revocations,
         local=local,
         purge=purge,
+        cache=cache,
     )

@@ -19,7 +19,6 @@ from auth_server.domain import errors, known_devices, new_device, otp, revocatio
 from auth_server.domain.codes import mail_unavailable, mask_email
 from auth_server.domain.errors import AuthError, Code, FieldViolation, server_busy, unauthenticated, validation_failed
 from auth_server.domain.parts import AccountFlow, Parts
-from auth_server.domain.revocations import RevocationLog
 from auth_server.domain.sessions import Caller, Device, IssuedTokens
 from auth_server.infra.clock import utcnow
 from auth_server.infra.ids import new_id
@@ -59,7 +58,7 @@ def _rate_limited(retry_after: int) -> AuthError:
 class Accounts(AccountFlow):
     def __init__(self, parts: Parts) -> None:
         super().__init__(parts)
-        self._revocations = RevocationLog(parts.store)
+        self._revocations = parts.sessions.revocations
         self._notices = new_device.NewDeviceNotices(parts.store, parts.settings, parts.keys, parts.mailer, parts.audit)
 
     # --- login, step 1: the password

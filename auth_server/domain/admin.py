@@ -64,10 +64,11 @@ def _page(fetch: Callable[[str | None, int], list[T]], page_size: int, page_toke
 
 
 class Admin:
-    def __init__(self, store: Store, audit: Audit) -> None:
+    def __init__(self, store: Store, audit: Audit, revocations: RevocationLog | None = None) -> None:
         self._store = store
         self._audit = audit
-        self._revocations = RevocationLog(store)
+        # The server's own log writer (Sessions.revocations), so its session cache hears a lock at once.
+        self._revocations = revocations or RevocationLog(store)
 
     def list_users(self, caller: Caller, page_size: int, page_token: str) -> tuple[list[User], str]:
         return _page(lambda after, limit: self._store.list_users(caller.tenant, after, limit), page_size, page_token)

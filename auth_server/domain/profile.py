@@ -97,7 +97,10 @@ class Profiles(AccountFlow):
             violations += problems
         if violations:
             raise validation_failed(violations)
-        user = caller.user
+        # The stored user, not the caller's copy: that may come from another replica's session cache.
+        user = self._store.get_user(caller.tenant, caller.user.id)
+        if user is None:  # deleted meanwhile
+            raise unauthenticated(*errors.SESSION_NOT_FOUND)
         changes = {f: v for f, v in values.items() if getattr(user, f) != v}
         if not changes:
             return user  # nothing to write, nothing to record (a retried call lands here)
@@ -109,6 +112,7 @@ class Profiles(AccountFlow):
             raise
         if updated is None:  # deleted meanwhile
             raise unauthenticated(*errors.SESSION_NOT_FOUND)
+        self._sessions.forget_user(caller.tenant, user.id)  # GetMe shows the change from the next call on
         self._audit.record(caller.tenant, "profile.updated", user_id=user.id, fields=",".join(sorted(changes)))
         return updated
 
@@ -217,6 +221,7 @@ class Profiles(AccountFlow):
             raise
         if updated is None:
             raise code_invalid()
+        self._sessions.forget_user(tenant, user.id)
         # A reset mailed to the old address must not take the account back from the new one.
         self._store.consume_challenges(tenant, user.id, now, kind="reset")
         self._audit.record(tenant, "email.changed", user_id=user.id, change_id=change_id)

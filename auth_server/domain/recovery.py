@@ -27,7 +27,6 @@ from auth_server.domain.accounts import Accounts
 from auth_server.domain.codes import code_invalid
 from auth_server.domain.errors import AuthError, FieldViolation, unauthenticated, validation_failed
 from auth_server.domain.parts import AccountFlow, Parts
-from auth_server.domain.revocations import RevocationLog
 from auth_server.infra.clock import utcnow
 from auth_server.infra.ids import new_id
 from auth_server.infra.mail import MailError
@@ -55,7 +54,7 @@ def _tokencode_invalid() -> AuthError:
 class Recovery(AccountFlow):
     def __init__(self, parts: Parts, accounts: Accounts) -> None:
         super().__init__(parts)
-        self._revocations = RevocationLog(parts.store)
+        self._revocations = parts.sessions.revocations
         # The shared steps (the password step, the budget a wrong code spends) live with the login's.
         self._accounts = accounts
         # Mail leaves off the request path, so a known account answers no slower than an unknown one.

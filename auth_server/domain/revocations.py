@@ -56,10 +56,16 @@ _MAX_CURSOR_DIGITS = 19
 
 
 class RevocationLog:
-    """Appends entries to a tenant's revocation log (the domain's writing side)."""
+    """Appends entries to a tenant's revocation log (the domain's writing side).
 
-    def __init__(self, store: Store) -> None:
+    `listener`, when given, hears every entry this process appends, right after the append: the
+    process's own session cache (domain/session_cache.py) drops what it names before the call that
+    revoked returns, instead of when its tail reads the entry back.
+    """
+
+    def __init__(self, store: Store, listener: Callable[[str, Revocation], None] | None = None) -> None:
         self._store = store
+        self._listener = listener
 
     def session(self, tenant: str, session_id: str, user_id: str) -> None:
         self._append(tenant, SESSION_REVOKED, session_id=session_id, user_id=user_id)
@@ -75,7 +81,10 @@ class RevocationLog:
 
     def _append(self, tenant: str, kind: str, **ids: str) -> None:
         assert kind in KINDS, kind
-        self._store.append_revocation(tenant, Revocation(seq=0, kind=kind, at=utcnow(), **ids))
+        entry = Revocation(seq=0, kind=kind, at=utcnow(), **ids)
+        self._store.append_revocation(tenant, entry)
+        if self._listener is not None:
+            self._listener(tenant, entry)
 
 
 def parse_cursor(cursor: str) -> int | None:

@@ -26,6 +26,7 @@ from auth_server.domain.audit import Audit
 from auth_server.domain.counters import lease
 from auth_server.domain.errors import AuthError, Code, unauthenticated
 from auth_server.domain.revocations import USER_SESSIONS_REVOKED, RevocationLog
+from auth_server.domain.session_cache import SessionCache
 from auth_server.domain.tokens import AccessClaims, AccessTokens, RefreshTokens
 from auth_server.infra.clock import utcnow
 from auth_server.infra.config import Settings
@@ -83,10 +84,14 @@ class Sessions:
         access_tokens: AccessTokens,
         refresh_tokens: RefreshTokens,
         audit: Audit,
+        cache: SessionCache | None = None,
     ) -> None:
         self._audit = audit
         self._store = store
-        self._revocations = RevocationLog(store)
+        self._cache = cache
+        # The one revocation log writer of the process's flows (accounts, recovery and admin use it too),
+        # so every revocation made here reaches the session cache before the call returns.
+        self.revocations = RevocationLog(store, cache.revoked if cache is not None else None)
         self._settings = settings
         self._keys = keys
         self._access = access_tokens
@@ -110,24 +115,52 @@ class Sessions:
         # Signature first: a bad token never reaches the store.
         return self.caller_for(tenant, self._access.verify(token))
 
-    def caller_for(self, tenant: str, claims: AccessClaims) -> Caller:
-        """The live session and user behind already verified claims (one store read)."""
+    def caller_for(self, tenant: str, claims: AccessClaims, *, fresh: bool = False) -> Caller:
+        """The live session and user behind already verified claims: from the session cache when it
+        admits the call, else one store read (domain/session_cache.py). `fresh`: read the store whatever
+        the cache holds (the guard confirms a refusal by role that way)."""
+        now = utcnow()
+        cache = self._cache
+        epoch = 0
+        if cache is not None:
+            cached = None if fresh else cache.get(tenant, claims.session_id)
+            # Only an admission is taken from the cache; a refusal is confirmed by the store below.
+            if cached is not None and self._refusal(*cached, now) is None:
+                return self._caller(tenant, *cached, claims, now)
+            epoch = cache.epoch(tenant)
         found = self._store.get_session_and_user(tenant, claims.session_id)
         if found is None:
             raise unauthenticated(*errors.SESSION_NOT_FOUND)
-        session, user = found
-        now = utcnow()
+        refusal = self._refusal(*found, now)
+        if refusal is not None:
+            raise unauthenticated(*refusal)
+        if cache is not None:
+            cache.put(tenant, *found, epoch)
+        return self._caller(tenant, *found, claims, now)
+
+    def _refusal(self, session: Session, user: User, now: datetime) -> tuple[str, str] | None:
+        """Why the session's token may not make a call now (reason, message); None if it may."""
         if session.revoked_at is not None:
-            raise unauthenticated(*errors.SESSION_REVOKED)
+            return errors.SESSION_REVOKED
         if now >= self._ends_at(session):  # before expires_at, which is capped to the same instant
-            raise unauthenticated(*errors.SESSION_EXPIRED)
+            return errors.SESSION_EXPIRED
         if session.expires_at <= now:
-            raise unauthenticated(*errors.SESSION_REVOKED)
+            return errors.SESSION_REVOKED
         if user.is_locked(now):
-            raise unauthenticated(*errors.ACCOUNT_LOCKED)
+            return errors.ACCOUNT_LOCKED
+        return None
+
+    def _caller(self, tenant: str, session: Session, user: User, claims: AccessClaims, now: datetime) -> Caller:
         if now - session.last_activity >= self._activity_interval:
             session = self._store.update_session(tenant, session.id, set={"last_activity": now}) or session
+            if self._cache is not None:  # the cached copy is older now: the next call reads the store
+                self._cache.forget_session(tenant, session.id)
         return Caller(tenant=tenant, user=user, session=session, token_expires_at=claims.expires_at)
+
+    def forget_user(self, tenant: str, user_id: str) -> None:
+        """A change to the user made outside the revocation log (a profile edit): cached callers go."""
+        if self._cache is not None:
+            self._cache.forget_user(tenant, user_id)
 
     # --- opening and rotating
 
@@ -152,7 +185,7 @@ class Sessions:
         )
         if revoked is None:
             return
-        self._revocations.session(tenant, session.id, session.user_id)
+        self.revocations.session(tenant, session.id, session.user_id)
         self._audit.record(tenant, "session.evicted", user_id=session.user_id, session_id=session.id)
 
     def _create(self, tenant: str, user: User, device: Device) -> IssuedTokens:
@@ -243,7 +276,7 @@ class Sessions:
                 expect={"revoked_at": None},
             )
             if revoked is not None:
-                self._revocations.session(tenant, session.id, session.user_id)
+                self.revocations.session(tenant, session.id, session.user_id)
             self._audit.record(
                 tenant,
                 "refresh.reuse_detected",
@@ -273,7 +306,7 @@ class Sessions:
         )
         if revoked is None:
             raise AuthError(Code.FAILED_PRECONDITION, "SESSION_ALREADY_REVOKED", "This session is already revoked.")
-        self._revocations.session(caller.tenant, session_id, caller.user.id)
+        self.revocations.session(caller.tenant, session_id, caller.user.id)
         self._audit.record(caller.tenant, "session.revoked", user_id=caller.user.id, session_id=session_id)
 
     def logout_all(self, caller: Caller, keep_current: bool) -> int:
@@ -286,6 +319,6 @@ class Sessions:
         )
         if revoked:
             # User-wide, so guards also drop the kept session's answers (it merely introspects again).
-            self._revocations.user(caller.tenant, USER_SESSIONS_REVOKED, caller.user.id)
+            self.revocations.user(caller.tenant, USER_SESSIONS_REVOKED, caller.user.id)
         self._audit.record(caller.tenant, "sessions.revoked", user_id=caller.user.id, count=str(revoked))
         return revoked

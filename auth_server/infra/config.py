@@ -59,6 +59,9 @@ class Settings:
     bridge_secret: str = ""  # AUTH_BRIDGE_SECRET: a bridge sending it is a trusted proxy; serve makes one
     refresh_grace: int = 0  # AUTH_REFRESH_GRACE seconds; 0: strict rotation
     activity_interval: int = 60  # AUTH_ACTIVITY_INTERVAL: least seconds between last-activity writes
+    # AUTH_SESSION_CACHE_TTL: seconds a process serves a session it read from its cache (revocations drop
+    # it at once, domain/session_cache.py); 0: every call reads the store
+    session_cache_ttl: int = 10
     trusted_proxies: tuple[str, ...] = ()  # AUTH_TRUSTED_PROXIES: IPs/CIDRs allowed to set x-forwarded-for
     cors_origins: tuple[str, ...] = ()  # AUTH_CORS_ORIGINS: browser origins the HTTP bridge allows; none by default
     refresh_cookie: bool = True  # AUTH_REFRESH_COOKIE: on: the bridge keeps refresh tokens in an HttpOnly cookie
@@ -334,6 +337,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         device_token_ttl=_int(env, "AUTH_DEVICE_TOKEN_TTL", 365 * 86400, 60, 5 * 365 * 86400),
         refresh_grace=_int(env, "AUTH_REFRESH_GRACE", 0, 0, 3600),
         activity_interval=_int(env, "AUTH_ACTIVITY_INTERVAL", 60, 0, 86400),
+        session_cache_ttl=_int(env, "AUTH_SESSION_CACHE_TTL", 10, 0, 300),
         trusted_proxies=proxies,
         cors_origins=origins,
         refresh_cookie=_bool(env, "AUTH_REFRESH_COOKIE", True),

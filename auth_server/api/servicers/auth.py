@@ -156,7 +156,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     service_account=auth_pb2.ServiceAccountInfo(id=service.account.id, name=service.account.name),
                     expires_at=convert.timestamp(service.token_expires_at),
                 )
-            caller = self._sessions.caller_for(tenant, claims)
+            # Read from the store, never the session cache: the guards that ask cache the answer themselves
+            # (following the revocation feed), and two caches in a row would add up their delays.
+            caller = self._sessions.caller_for(tenant, claims, fresh=True)
         except AuthError as error:
             # A dead token is an answer, not an error; so is a service account refused in this tenant
             # (CALLER_NOT_ALLOWED, which a guard answers as PERMISSION_DENIED, as this server's guard does).
