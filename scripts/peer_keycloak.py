@@ -75,6 +75,9 @@ RATIOS = {  # key: (ours scenario or figure, Keycloak's, target op, target value
     "login_hash_normalised_ratio": ("info", None),
     "memory_ratio": ("info", None),
     "restart_ratio": ("info", None),
+    # Information: grpcio's own no-op rate (the stock Health servicer, no guard) over `userinfo`. No guarded
+    # gRPC call can be faster than this, so it bounds what read_grpc_ratio can reach on this machine.
+    "grpc_ceiling_ratio": ("info", None),
 }
 
 HASH_RATE_JAVA = """\
@@ -170,6 +173,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "login_hash_normalised_ratio": _div(ours_login, kc_login),
         "memory_ratio": _div(results["memory_mib"]["ours"], results["memory_mib"]["keycloak"]),
         "restart_ratio": _div(results["restart_s"]["ours"], results["restart_s"]["keycloak"]),
+        "grpc_ceiling_ratio": _div(s.get("ours_health"), s.get("kc_userinfo")),
     }
 
 
@@ -214,6 +218,8 @@ def render(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
         f"| authenticated read over gRPC (`GetMe`) vs `userinfo` | {rps('ours_getme')} | {rps('kc_userinfo')} "
         f"| **{num(r['read_grpc_ratio'])}** | {target('read_grpc_ratio')} |",
+        f"| gRPC no-op ceiling (`Health/Check`, stock servicer, no guard) vs `userinfo` | {rps('ours_health')} "
+        f"| {rps('kc_userinfo')} | {num(r['grpc_ceiling_ratio'])} | bounds the row above |",
         f"| authenticated read over the HTTP bridge (`GET {ME}`) vs `userinfo` | {rps('ours_bridge_me', True)} "
         f"| {rps('kc_userinfo', True)} | **{num(r['read_http_ratio'])}** | {target('read_http_ratio')} |",
         f"| refresh with rotation, {CHAINS} chains, gRPC / HTTP | {refresh_ours} | {rps('kc_refresh')} "
@@ -779,6 +785,8 @@ class PeerBench:
         for r in range(self.p.rounds):
             log(f"round {r + 1}/{self.p.rounds}")
             b.record("ours_getme", "GetMe (gRPC, ghz)", b.measure(ours, "auth.v1.AuthService/GetMe", tokens=our_tokens))
+            ceiling = b.measure(ours, "grpc.health.v1.Health/Check")
+            b.record("ours_health", "Health/Check (gRPC, ghz): the stack's ceiling", ceiling)
             b.record("ours_bridge_me", f"bridge GET {ME} (vegeta)", self.vegeta_run(ours, ours_me, self.p.measure))
             kc_me = self.kc_userinfo_targets()
             b.record("kc_userinfo", "Keycloak userinfo (vegeta)", self.vegeta_run(kc, kc_me, self.p.measure))

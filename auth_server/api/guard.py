@@ -6,11 +6,12 @@ start) when a method of a served auth.v1 service declares no rule or an ambiguou
 time a method missing from the table is denied for everyone.
 
 Per call the guard parses metadata once (tenant, bearer token, device hints, client IP), authenticates
-protected methods (JWT signature first, so a bad token never costs a store read; then one store read
-for session and user, or for the service account of a service token), checks that the rule admits
-this kind of caller (a person's token never satisfies `services`, a service token never `authenticated`
-or `roles`: CALLER_NOT_ALLOWED, decided before any store read) and the roles or service name, and hands
-the handler a typed `CallInfo` through a ContextVar.
+protected methods (JWT signature first, so a bad token never costs a store read; then session and
+user from the session cache or one store read, or one store read for the service account of a
+service token), checks that the rule admits this kind of caller (a person's token never satisfies
+`services`, a service token never `authenticated` or `roles`: CALLER_NOT_ALLOWED, decided before any
+store read) and the roles or service name (a role refused on a cached user is checked again on the
+stored one), and hands the handler a typed `CallInfo` through a ContextVar.
 That decision is one transport-neutral method, `decide_and_call`: the gRPC interceptor calls it with a
 call's metadata and peer, and `serve`'s HTTP bridge calls it in process (api/local.py) with the headers
 it would have sent as metadata; there is no second copy of the rules.

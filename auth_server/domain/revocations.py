@@ -58,9 +58,9 @@ _MAX_CURSOR_DIGITS = 19
 class RevocationLog:
     """Appends entries to a tenant's revocation log (the domain's writing side).
 
-    `listener`, when given, hears every entry this process appends, right after the append: the
-    process's own session cache (domain/session_cache.py) drops what it names before the call that
-    revoked returns, instead of when its tail reads the entry back.
+    `listener`, when given, hears every entry this process appends (or fails to append), right after
+    the append: the process's own session cache (domain/session_cache.py) drops what it names before
+    the call that revoked returns, instead of when its tail reads the entry back.
     """
 
     def __init__(self, store: Store, listener: Callable[[str, Revocation], None] | None = None) -> None:
@@ -82,9 +82,13 @@ class RevocationLog:
     def _append(self, tenant: str, kind: str, **ids: str) -> None:
         assert kind in KINDS, kind
         entry = Revocation(seq=0, kind=kind, at=utcnow(), **ids)
-        self._store.append_revocation(tenant, entry)
-        if self._listener is not None:
-            self._listener(tenant, entry)
+        try:
+            self._store.append_revocation(tenant, entry)
+        finally:
+            # Also when the append failed: the change it reports is already in the store, and this
+            # process's cache must not keep admitting what the store now refuses.
+            if self._listener is not None:
+                self._listener(tenant, entry)
 
 
 def parse_cursor(cursor: str) -> int | None:

@@ -9,7 +9,7 @@ that can refuse the token is known:
 - **Revocations made in this process** (logout, logout everywhere, refresh-token reuse, a password
   change or reset, the session cap, an admin's lock or role change): `revoked` is the revocation log's
   listener (domain/revocations.py), called right after the append, before the call that revoked returns.
-- **Revocations made by any other process** (another replica, `auth-server set-role`): one tail thread
+- **Revocations made by any other process** (another replica, `auth-server user set-role`): one tail thread
   reads each tenant's revocation log every `interval` (25 ms, as the WatchRevocations poller) and drops
   what the new entries name. Until the tail has read a tenant's log successfully within `STALE_AFTER`
   seconds, nothing of that tenant is served from here (the store is read, as without a cache), so a

@@ -1,6 +1,10 @@
 """Device sessions: opening one, authenticating a call by its access token, refresh rotation with reuse
 detection, listing and revoking. No gRPC and no database types here: only the Store protocol.
 
+A call's token is checked against its session and user as the process's session cache holds them
+(domain/session_cache.py: revocations empty it) or as one store read finds them; only an admission is
+ever taken from the cache.
+
 A session lives until its refresh token expires (AUTH_REFRESH_TTL, sliding on each rotation) and never
 beyond AUTH_SESSION_MAX_LIFETIME after its login: then the calls and the refresh of its tokens answer
 SESSION_EXPIRED, and its owner logs in again.
@@ -109,7 +113,8 @@ class Sessions:
         # The refresh lifetime slides on each rotation, but never past the session's absolute end.
         return min(now + self._refresh_ttl, created_at + self._max_lifetime)
 
-    # --- authentication (the guard's per-call path: one JWT check, one store read, rarely a write)
+    # --- authentication (the guard's per-call path: one JWT check, the session cache or one store read,
+    # rarely a write)
 
     def authenticate(self, tenant: str, token: str) -> Caller:
         # Signature first: a bad token never reaches the store.

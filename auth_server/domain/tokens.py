@@ -131,7 +131,7 @@ class AccessTokens:
         full verification (signature, algorithm, required claims, type) is kept for the token in a bounded
         cache and a repeat call re-checks only the expiry, exactly as pyjwt does (`exp <= now - leeway`).
         Tokens that fail are never cached: a bad token is fully checked every time. The session behind a
-        token is still loaded from the store on every call (sessions.py), so revocation stays immediate.
+        token is still checked on every call (sessions.py, from a session cache that revocations empty).
         """
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise unauthenticated(*TOKEN_INVALID)
