@@ -75,6 +75,12 @@ def test_peer_keycloak_table_of_a_recorded_run() -> None:
     assert f"{recorded['scenarios']['ours_getme']['rps']:.0f} rps" in read
     assert f"{recorded['scenarios']['kc_userinfo']['rps']:.0f} rps" in read
     assert f"**{recorded['read_grpc_ratio']:.2f}**" in read
+    ceiling = rows["gRPC no-op ceiling (`Health/Check`, stock servicer, no guard) vs `userinfo`"]
+    assert f"{recorded['scenarios']['ours_health']['rps']:.0f} rps" in ceiling
+    assert recorded["grpc_ceiling_ratio"] == pytest.approx(
+        recorded["scenarios"]["ours_health"]["rps"] / recorded["scenarios"]["kc_userinfo"]["rps"], abs=1e-3
+    )
+    assert f"{recorded['grpc_ceiling_ratio']:.2f}" in ceiling
     assert (
         f"**{recorded['read_http_ratio']:.2f}**"
         in rows["authenticated read over the HTTP bridge (`GET /api/v1/auth/me`) vs `userinfo`"]
