@@ -199,7 +199,12 @@ def create_server(
     )
     metrics = Metrics()
     audit = Audit(store, metrics.count_event)
-    cache = SessionCache(store, settings.tenants, settings.session_cache_ttl) if settings.session_cache_ttl else None
+    cache = None
+    if settings.session_cache_ttl:
+        cache = SessionCache(
+            store, settings.tenants, settings.session_cache_ttl, on_read=metrics.count_session_cache_read
+        )
+        metrics.watch_session_cache(cache.entry_count, cache.tail_age)
     sessions = Sessions(store, settings, keys, access_tokens, RefreshTokens(keys.refresh), audit, cache)
     throttle = Throttle(store, settings, keys)
     mailer = mailer or build_mailer(settings)

@@ -76,8 +76,10 @@ class SessionCache:
         interval: float = revocations.DEFAULT_INTERVAL,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        on_read: Callable[[bool], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_read = on_read  # hears every lookup: True served from here, False not (metrics)
         self._ttl = ttl
         self._interval = interval
         self._max_entries = max_entries
@@ -93,6 +95,12 @@ class SessionCache:
 
     def get(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
         """The cached pair, if fresh and the tenant's log is being followed; else None (read the store)."""
+        found = self._lookup(tenant, session_id)
+        if self._on_read is not None:
+            self._on_read(found is not None)
+        return found
+
+    def _lookup(self, tenant: str, session_id: str) -> tuple[Session, User] | None:
         state = self._tenants.get(tenant)
         if state is None:
             return None
@@ -103,6 +111,14 @@ class SessionCache:
         if now >= entry.until or now - state.read_at > STALE_AFTER:
             return None
         return entry.session, entry.user
+
+    def entry_count(self) -> int:
+        return self._size
+
+    def tail_age(self) -> float:
+        """Seconds since the tail last read the log of the tenant read longest ago (inf: never)."""
+        now = self._clock()
+        return max((now - state.read_at for state in self._tenants.values()), default=0.0)
 
     def epoch(self, tenant: str) -> int:
         """Take before reading the store; hand to `put` with what was read."""

@@ -260,6 +260,8 @@ def test_metrics_endpoint_and_json_logs(env: dict[str, str]) -> None:
             text = response.read().decode()
         assert 'auth_rpc_calls_total{code="UNAUTHENTICATED",method="/auth.v1.AuthService/GetMe"} 1.0' in text
         assert "auth_rpc_latency_seconds_bucket" in text and "auth_store_errors_total 0.0" in text
+        assert 'auth_session_cache_reads_total{result="hit"} 0.0' in text  # no token got as far as the cache
+        assert "auth_session_cache_entries 0.0" in text and "auth_session_cache_tail_age_seconds" in text
     finally:
         server.stop()
     log_lines = [line for line in server.output if line.startswith("{")]

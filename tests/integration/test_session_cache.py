@@ -148,6 +148,24 @@ def test_a_profile_change_here_shows_on_the_next_call(client: Client) -> None:
     assert get_me(client, tokens.access_token).user.name == "Gus Renamed"
 
 
+def test_the_cache_reports_its_reads_entries_and_tail_in_the_metrics(client: Client) -> None:
+    assert client.app is not None
+    registry = client.app.metrics.registry
+
+    def reads(result: str) -> float:
+        return registry.get_sample_value("auth_session_cache_reads_total", {"result": result}) or 0.0
+
+    client.signup("ida")
+    tokens = client.sign_in("ida")
+    before = reads("hit"), reads("miss")
+    for _ in range(3):
+        get_me(client, tokens.access_token)
+    assert (reads("hit") - before[0], reads("miss") - before[1]) == (2, 1)
+    assert registry.get_sample_value("auth_session_cache_entries") == 1
+    follow(client)
+    assert 0 <= registry.get_sample_value("auth_session_cache_tail_age_seconds") < 1  # type: ignore[operator]
+
+
 def test_without_the_cache_every_call_reads_the_store(make_client: Any) -> None:
     client = make_client(AUTH_SESSION_CACHE_TTL="0")
     assert client.app is not None and client.app.cache is None
