@@ -153,21 +153,20 @@ class SessionCache:
 
     def forget_user(self, tenant: str, user_id: str) -> None:
         """Drop every entry of the user (a change made in this process)."""
-        state = self._tenants.get(tenant)
-        if state is None:
-            return
-        with self._lock:
-            state.epoch += 1
-            for session_id in list(state.by_user.get(user_id, ())):
-                self._drop(state, session_id)
+        self._forget(tenant, lambda state: list(state.by_user.get(user_id, ())))
 
     def forget_session(self, tenant: str, session_id: str) -> None:
+        self._forget(tenant, lambda state: [session_id])
+
+    def _forget(self, tenant: str, which: Callable[[_Tenant], list[str]]) -> None:
+        """Count an invalidation of the tenant (see `put`) and drop the entries `which` names."""
         state = self._tenants.get(tenant)
         if state is None:
             return
         with self._lock:
             state.epoch += 1
-            self._drop(state, session_id)
+            for session_id in which(state):
+                self._drop(state, session_id)
 
     def revoked(self, tenant: str, entry: Revocation) -> None:
         """The revocation log's listener, and the tail's: drop what the entry names."""
@@ -212,10 +211,7 @@ class SessionCache:
             # Entries would stop serving by themselves after STALE_AFTER; dropping them now is simpler to
             # reason about, and calls read the store meanwhile anyway.
             log.warning("session cache: revocation log of tenant %s unreadable: %s", tenant, exc)
-            with self._lock:
-                state.epoch += 1
-                for session_id in list(state.entries):
-                    self._drop(state, session_id)
+            self._forget(tenant, lambda state: list(state.entries))
             return
         state.read_at = self._clock()
 
