@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 import threading
 
 from auth_server.infra.config import ConfigError, Settings, bridge_url, check_addr, load_settings, redact_uri
 from auth_server.runtime import logs
 from auth_server.runtime.banner import serving_banner
+from auth_server.runtime.signals import StopRequest
 from auth_server.store.base import StoreUnavailable
 
 EXIT_CONFIG = 2
@@ -84,15 +84,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_signal() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (Ctrl-C), installed before the ready lines are printed: whoever
-    reads them may signal at once."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
 def warm_up_in_background() -> None:
     """Build the user-agent parser (~0.2-0.4 s of CPU) off the request path, so the first sign-in after
     a start does not wait for it (auth_server/domain/devices.py)."""
@@ -135,7 +126,7 @@ def serve(settings: Settings) -> int:
         app.stop(0)
         raise
     warm_up_in_background()
-    stop = _stop_on_signal()
+    stop = StopRequest()  # before the ready lines: whoever reads them may signal at once
     host = settings.grpc_addr.rpartition(":")[0]
     print(serving_banner(settings, f"{host}:{app.port}", bridge.url), flush=True)
     stop.wait()
@@ -152,7 +143,7 @@ def bridge(settings: Settings, upstream: str | None) -> int:
     logs.configure(settings.log_level)
     upstream = check_addr("--upstream", upstream) if upstream else local_target(settings.grpc_addr)
     server = BridgeServer(settings, upstream).start()
-    stop = _stop_on_signal()
+    stop = StopRequest()  # before the ready lines: whoever reads them may signal at once
     print(f"auth-server: HTTP bridge listening on {server.url} (upstream {upstream})", flush=True)
     stop.wait()
     print("auth-server: shutting down", flush=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from auth_server.infra.config import ConfigError, Settings, load_dev_secret, load_settings
 from auth_server.runtime.banner import serving_banner
+from auth_server.runtime.signals import StopRequest
 from auth_server.store.base import StoreUnavailable
 
 READY_FD_ENV = "AUTH_WORKER_READY_FD"
@@ -76,7 +77,7 @@ class Supervisor:
         self._settings = settings
         self._count = count
         self._workers: list[_Worker] = []
-        self._stop = threading.Event()
+        self._stop: StopRequest | None = None  # installed when run() starts
         self._env: dict[str, str] = {}
         self._restarts: list[float] = []
 
@@ -119,8 +120,7 @@ class Supervisor:
             "AUTH_STORE": settings.store_uri,
             "AUTH_BRIDGE_SECRET": settings.bridge_secret,  # so the workers believe the parent's bridge
         }
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self._stop.set())
+        self._stop = StopRequest()
         bridge = None
         try:
             for index in range(self._count):
@@ -143,6 +143,7 @@ class Supervisor:
         return code
 
     def _supervise(self) -> int:
+        assert self._stop is not None
         while not self._stop.wait(0.5):
             for slot, worker in enumerate(self._workers):
                 code = worker.proc.poll()
@@ -185,9 +186,7 @@ def _worker_main() -> int:
     from auth_server.domain import devices
     from auth_server.runtime import logs
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = StopRequest()
     try:
         settings = load_settings()
         logs.configure(settings.log_level)
