@@ -1435,10 +1435,15 @@ def main(argv: list[str] | None = None) -> int:
     args.output = args.output or str(REPO / "bench" / "results.json")
     with _bench(args, profile) as bench:
         results = bench.run()
-    output = Path(args.output)
+    return write_results(results, args.output, render)
+
+
+def write_results(results: dict[str, Any], path: str, table: Callable[[dict[str, Any]], str]) -> int:
+    """Write a run's result file, print its table and where the file went (this script and --peer keycloak)."""
+    output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
+    print(table(results))
     print(f"\nwritten: {output}")
     return 0
 

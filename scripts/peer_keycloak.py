@@ -987,7 +987,7 @@ def _java_version(home: str) -> str:
 
 def run(args: argparse.Namespace, profile: Profile) -> int:
     """`scripts/bench --peer keycloak`: called by bench.main with its parsed arguments."""
-    from bench import _bench
+    from bench import _bench, write_results
 
     if not (KC_HOME / "bin" / "kc.sh").exists():
         log(f"Keycloak {KC_VERSION} is not in {KC_HOME}: scripts/provision keycloak (scripts/bench does it)")
@@ -1007,12 +1007,7 @@ def run(args: argparse.Namespace, profile: Profile) -> int:
                 keep = REPO / "bench" / "logs"
                 keep.mkdir(parents=True, exist_ok=True)
                 (keep / "keycloak.log").write_bytes((bench.tmp / "keycloak.log").read_bytes())
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
-    print(f"\nwritten: {output}")
-    return 0
+    return write_results(results, args.output, render)
 
 
 if __name__ == "__main__":

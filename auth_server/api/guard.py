@@ -383,12 +383,11 @@ class Guard(grpc.ServerInterceptor):
             return service
         if not rule.people:
             raise errors.caller_not_allowed("This method is for service accounts; a person's token cannot call it.")
-        if isinstance(claims, AccessClaims):
-            caller = self._sessions.caller_for(tenant, claims)
-        else:
-            caller = self._sessions.authenticate(tenant, token)  # a guard built without service accounts
-        if rule.roles is not None and caller.user.role not in rule.roles and isinstance(claims, AccessClaims):
-            # The user may come from the session cache; a refusal is decided on the stored role.
+        if not isinstance(claims, AccessClaims):
+            claims = self._sessions.verify(token)  # a guard built without service accounts
+        caller = self._sessions.caller_for(tenant, claims)
+        if rule.roles is not None and caller.user.role not in rule.roles and caller.from_cache:
+            # A refusal is decided on the stored role, not on the session cache's copy of the user.
             caller = self._sessions.caller_for(tenant, claims, fresh=True)
         if rule.roles is not None and caller.user.role not in rule.roles:
             raise AuthError(Code.PERMISSION_DENIED, "INSUFFICIENT_ROLE", "Your role does not allow this call.")

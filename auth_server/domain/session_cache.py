@@ -56,11 +56,9 @@ class _Entry:
 
 
 class _Tenant:
-    """One tenant's entries, its tail position and its invalidation count; guarded by the cache's lock."""
+    """One tenant's tail position and invalidation count; the epoch is guarded by the cache's lock."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, _Entry] = {}  # by session id, oldest first
-        self.by_user: dict[str, set[str]] = {}
         self.epoch = 0  # how many invalidations so far
         self.high: int | None = None  # the last log seq the tail has read (None: not read yet)
         self.read_at = float("-inf")  # monotonic time of the tail's last successful read
@@ -87,7 +85,9 @@ class SessionCache:
         self._lock = threading.Lock()
         self._following = threading.Lock()  # one follow() at a time: the tail thread's, or a test's
         self._tenants = {tenant: _Tenant() for tenant in tenants}
-        self._size = 0
+        # Guarded by _lock for writes. By (tenant, session id), oldest first, across tenants.
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._by_user: dict[tuple[str, str], set[str]] = {}  # (tenant, user id) -> its session ids held
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,7 +104,7 @@ class SessionCache:
         state = self._tenants.get(tenant)
         if state is None:
             return None
-        entry = state.entries.get(session_id)  # a dict read: atomic, no lock needed
+        entry = self._entries.get((tenant, session_id))  # a dict read: atomic, no lock needed
         if entry is None:
             return None
         now = self._clock()
@@ -113,7 +113,7 @@ class SessionCache:
         return entry.session, entry.user
 
     def entry_count(self) -> int:
-        return self._size
+        return len(self._entries)
 
     def tail_age(self) -> float:
         """Seconds since the tail last read the log of the tenant read longest ago (inf: never)."""
@@ -133,40 +133,31 @@ class SessionCache:
         with self._lock:
             if state.epoch != epoch:
                 return
-            if session.id in state.entries:
-                del state.entries[session.id]  # re-inserted below: the newest again
-                self._size -= 1
-            elif self._size >= self._max_entries:
-                self._evict_oldest()
-            state.entries[session.id] = _Entry(session, user, self._clock() + self._ttl)
-            state.by_user.setdefault(user.id, set()).add(session.id)
-            self._size += 1
-
-    def _evict_oldest(self) -> None:
-        for state in self._tenants.values():
-            if state.entries:
-                session_id = next(iter(state.entries))
-                self._drop(state, session_id)
-                return
+            key = (tenant, session.id)
+            if self._entries.pop(key, None) is None and len(self._entries) >= self._max_entries:
+                self._drop(*next(iter(self._entries)))  # the oldest goes
+            self._entries[key] = _Entry(session, user, self._clock() + self._ttl)  # the newest again
+            self._by_user.setdefault((tenant, user.id), set()).add(session.id)
 
     # --- invalidation
 
     def forget_user(self, tenant: str, user_id: str) -> None:
         """Drop every entry of the user (a change made in this process)."""
-        self._forget(tenant, lambda state: list(state.by_user.get(user_id, ())))
+        self._forget(tenant, lambda: list(self._by_user.get((tenant, user_id), ())))
 
     def forget_session(self, tenant: str, session_id: str) -> None:
-        self._forget(tenant, lambda state: [session_id])
+        self._forget(tenant, lambda: [session_id])
 
-    def _forget(self, tenant: str, which: Callable[[_Tenant], list[str]]) -> None:
-        """Count an invalidation of the tenant (see `put`) and drop the entries `which` names."""
+    def _forget(self, tenant: str, which: Callable[[], list[str]]) -> None:
+        """Count an invalidation of the tenant (see `put`) and drop the sessions `which` names (called
+        under the lock)."""
         state = self._tenants.get(tenant)
         if state is None:
             return
         with self._lock:
             state.epoch += 1
-            for session_id in which(state):
-                self._drop(state, session_id)
+            for session_id in which():
+                self._drop(tenant, session_id)
 
     def revoked(self, tenant: str, entry: Revocation) -> None:
         """The revocation log's listener, and the tail's: drop what the entry names."""
@@ -175,17 +166,17 @@ class SessionCache:
         elif entry.kind == revocations.SESSION_REVOKED and entry.session_id:
             self.forget_session(tenant, entry.session_id)
 
-    def _drop(self, state: _Tenant, session_id: str) -> None:
+    def _drop(self, tenant: str, session_id: str) -> None:
         """Remove one entry; the caller holds the lock."""
-        entry = state.entries.pop(session_id, None)
+        entry = self._entries.pop((tenant, session_id), None)
         if entry is None:
             return
-        self._size -= 1
-        ids = state.by_user.get(entry.user.id)
+        user_key = (tenant, entry.user.id)
+        ids = self._by_user.get(user_key)
         if ids is not None:
             ids.discard(session_id)
             if not ids:
-                del state.by_user[entry.user.id]
+                del self._by_user[user_key]
 
     # --- the tail of the revocation logs
 
@@ -211,7 +202,7 @@ class SessionCache:
             # Entries would stop serving by themselves after STALE_AFTER; dropping them now is simpler to
             # reason about, and calls read the store meanwhile anyway.
             log.warning("session cache: revocation log of tenant %s unreadable: %s", tenant, exc)
-            self._forget(tenant, lambda state: list(state.entries))
+            self._forget(tenant, lambda: [session_id for t, session_id in self._entries if t == tenant])
             return
         state.read_at = self._clock()
 

@@ -47,6 +47,7 @@ class Caller:
     user: User
     session: Session
     token_expires_at: datetime  # of the access token that made the call
+    from_cache: bool = False  # session and user came from the session cache, not a store read just now
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,14 @@ class Sessions:
     # --- authentication (the guard's per-call path: one JWT check, the session cache or one store read,
     # rarely a write)
 
-    def authenticate(self, tenant: str, token: str) -> Caller:
-        # Signature first: a bad token never reaches the store.
-        return self.caller_for(tenant, self._access.verify(token))
+    def verify(self, token: str) -> AccessClaims:
+        """The claims of a person's access token (signature first: a bad token never reaches the store)."""
+        return self._access.verify(token)
 
     def caller_for(self, tenant: str, claims: AccessClaims, *, fresh: bool = False) -> Caller:
         """The live session and user behind already verified claims: from the session cache when it
         admits the call, else one store read (domain/session_cache.py). `fresh`: read the store whatever
-        the cache holds (the guard confirms a refusal by role that way)."""
+        the cache holds (the guard confirms a refusal by role of a `from_cache` caller that way)."""
         now = utcnow()
         cache = self._cache
         epoch = 0
@@ -131,7 +132,7 @@ class Sessions:
             cached = None if fresh else cache.get(tenant, claims.session_id)
             # Only an admission is taken from the cache; a refusal is confirmed by the store below.
             if cached is not None and self._refusal(*cached, now) is None:
-                return self._caller(tenant, *cached, claims, now)
+                return self._caller(tenant, *cached, claims, now, from_cache=True)
             epoch = cache.epoch(tenant)
         found = self._store.get_session_and_user(tenant, claims.session_id)
         if found is None:
@@ -155,12 +156,14 @@ class Sessions:
             return errors.ACCOUNT_LOCKED
         return None
 
-    def _caller(self, tenant: str, session: Session, user: User, claims: AccessClaims, now: datetime) -> Caller:
+    def _caller(
+        self, tenant: str, session: Session, user: User, claims: AccessClaims, now: datetime, from_cache: bool = False
+    ) -> Caller:
         if now - session.last_activity >= self._activity_interval:
             session = self._store.update_session(tenant, session.id, set={"last_activity": now}) or session
             if self._cache is not None:  # the cached copy is older now: the next call reads the store
                 self._cache.forget_session(tenant, session.id)
-        return Caller(tenant=tenant, user=user, session=session, token_expires_at=claims.expires_at)
+        return Caller(tenant, user, session, claims.expires_at, from_cache)
 
     def forget_user(self, tenant: str, user_id: str) -> None:
         """A change to the user made outside the revocation log (a profile edit): cached callers go."""

@@ -77,7 +77,6 @@ class Supervisor:
         self._settings = settings
         self._count = count
         self._workers: list[_Worker] = []
-        self._stop: StopRequest | None = None  # installed when run() starts
         self._env: dict[str, str] = {}
         self._restarts: list[float] = []
 
@@ -120,7 +119,7 @@ class Supervisor:
             "AUTH_STORE": settings.store_uri,
             "AUTH_BRIDGE_SECRET": settings.bridge_secret,  # so the workers believe the parent's bridge
         }
-        self._stop = StopRequest()
+        stop = StopRequest()
         bridge = None
         try:
             for index in range(self._count):
@@ -129,7 +128,7 @@ class Supervisor:
                 print("auth-server: AUTH_METRICS_ADDR is not served with --workers > 1", file=sys.stderr, flush=True)
             bridge = BridgeServer(settings, local_target(addr)).start()
             print(serving_banner(settings, addr, bridge.url, workers=self._count), flush=True)
-            code = self._supervise()
+            code = self._supervise(stop)
         except SystemExit as exit_:
             code = int(exit_.code or 0)
         finally:
@@ -142,9 +141,8 @@ class Supervisor:
         _say("stopped")
         return code
 
-    def _supervise(self) -> int:
-        assert self._stop is not None
-        while not self._stop.wait(0.5):
+    def _supervise(self, stop: StopRequest) -> int:
+        while not stop.wait(0.5):
             for slot, worker in enumerate(self._workers):
                 code = worker.proc.poll()
                 if code is None:
